@@ -1,0 +1,195 @@
+"""The ``ferrotune`` command.
+
+``ferrotune prep pt`` prepares pretraining data. Errors are printed as one plain line naming
+the file, line and field (no traceback) and the exit status is non-zero; ``FERROTUNE_DEBUG=1``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ferrotune import __version__
+from ferrotune.errors import FerrotuneError
+
+__all__ = ["main"]
+
+
+def _add_prep_pt(prep: Any) -> None:
+    parser = prep.add_parser(
+        "pt",
+        help="tokenize a text corpus and pack it into fixed-size pretraining blocks",
+        description=(
+            "Tokenize documents (.txt lines or paragraphs, .jsonl/.json/.parquet text fields), "
+            "append EOS, concatenate and cut into --block-size blocks. Writes Arrow shards that "
+            "datasets.load_from_disk reads, plus manifest.json."
+        ),
+    )
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        help="HF model folder (tokenizer.json + tokenizer_config.json) or a tokenizer.json",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="files, folders or globs (.txt, .jsonl, .json, .parquet)",
+    )
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--block-size", type=int, default=1024, help="tokens per block")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="tokenizer threads (default: one per core)"
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="JSON field or Parquet column with the text"
+    )
+    parser.add_argument(
+        "--doc-sep",
+        choices=["line", "blank-line"],
+        default="line",
+        help=".txt files: one document per line, or per blank-line-separated paragraph",
+    )
+    parser.add_argument(
+        "--last-block",
+        choices=["pad", "drop"],
+        default="pad",
+        help="the last partial block: pad it (labels -100) or drop it; counted either way",
+    )
+    parser.add_argument(
+        "--eos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the EOS token after each document",
+    )
+    parser.add_argument("--eos-token", help="use this token as EOS instead of the tokenizer's")
+    parser.add_argument(
+        "--empty",
+        choices=["skip", "error"],
+        default="skip",
+        help="empty documents: skip and count them, or treat them as bad records",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="write bad records to OUT/rejects.jsonl with their reason and go on",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress and no summary, only errors"
+    )
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="split the input between this many independent runs (by record)",
+    )
+    parser.add_argument(
+        "--shard-index", type=int, default=0, help="which of --num-shards this run is (0-based)"
+    )
+    parser.add_argument(
+        "--shard-size", default="500MB", help="close an output shard past this size"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["txt", "jsonl", "json", "parquet"],
+        help="read every input in this format (default: from the file name)",
+    )
+    parser.set_defaults(run=_run_prep_pt)
+
+
+def _run_prep_pt(args: argparse.Namespace) -> int:
+    from ferrotune.data import prep_pt
+
+    manifest = prep_pt(
+        args.tokenizer,
+        args.input,
+        args.out,
+        block_size=args.block_size,
+        workers=args.workers,
+        text_field=args.text_field,
+        doc_sep=args.doc_sep,
+        last_block=args.last_block,
+        eos=args.eos,
+        eos_token=args.eos_token,
+        empty=args.empty,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        shard_size=args.shard_size,
+        input_format=args.format,
+    )
+    if not args.quiet:
+        print(summarize_pt(manifest, args.out))
+    return 0
+
+
+def summarize_pt(manifest: dict[str, Any], out: str) -> str:
+    """A few lines a user reads to trust the run: counts that add up, tokens, time."""
+    counts, tokens = manifest["counts"], manifest["tokens"]
+    info = manifest["stage_info"]
+    shards = manifest["shards"]
+    size = sum(shard["bytes"] for shard in shards)
+    last = info["last_block"]
+    if last["outcome"] == "padded":
+        tail = f"last block padded ({last['tokens']:,} tokens + {last['padding']:,} padding)"
+    elif last["outcome"] == "dropped":
+        tail = f"last partial block dropped ({last['tokens']:,} tokens)"
+    else:
+        tail = "no partial block"
+    rejected = ""
+    if counts["rejected"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["rejected_by_reason"].items())
+        rejected = f" ({reasons}; see {out}/rejects.jsonl)"
+    elapsed = manifest["elapsed_seconds"]
+    rate = tokens["documents"] / max(elapsed, 1e-9)
+    lines = [
+        f"wrote {out}: {manifest['rows']:,} blocks of {info['block_size']:,} tokens "
+        f"in {len(shards)} shard(s), {size / 1e6:.1f} MB",
+        f"  records  {counts['read']:,} read = {counts['written']:,} written "
+        f"+ {counts['empty']:,} empty + {counts['rejected']:,} rejected{rejected}",
+        f"  tokens   {tokens['documents']:,} from documents, {tokens['written']:,} in blocks; "
+        f"{tail}",
+        f"  time     {elapsed:.2f} s, {rate / 1e6:.2f} M tokens/s "
+        f"with {manifest['options']['workers']} worker(s)",
+    ]
+    if counts["other_shards"]:
+        lines.insert(
+            2, f"  sharding {counts['other_shards']:,} records left to the other --shard-index runs"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferrotune",
+        description="A fast LLM training pipeline: data prep in Rust, fused kernels, trainers.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferrotune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    prep = commands.add_parser("prep", help="prepare a corpus into Arrow shards")
+    stages = prep.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    _add_prep_pt(stages)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("ferrotune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (FerrotuneError, OSError) as error:
+        if os.environ.get("FERROTUNE_DEBUG"):
+            raise
+        print(f"ferrotune: error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,20 @@
+//! ferrotune-core: the data engine behind `ferrotune prep`.
+//!
+//! Pure Rust, no Python: readers for text, JSON and Parquet corpora ([`reader`]), HuggingFace
+//! tokenization ([`tokenizer`]), block packing ([`pack`]), Arrow IPC shards ([`shard`]) written
+//! atomically ([`output`]) with a manifest ([`manifest`]). [`pt::prep_pt`] ties them together
+//! for pretraining data. The Python bindings live in `rust/python`.
+
+pub mod error;
+pub mod input;
+pub mod manifest;
+pub mod output;
+pub mod pack;
+pub mod progress;
+pub mod pt;
+pub mod reader;
+pub mod shard;
+pub mod tokenizer;
+
+pub use error::{CoreError, RecordError, Result};
+pub use pt::{prep_pt, EmptyPolicy, PtOptions};

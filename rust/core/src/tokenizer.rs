@@ -1,0 +1,168 @@
+//! Loading a HuggingFace tokenizer (`tokenizer.json`, plus `tokenizer_config.json` for the
+//! special tokens) and encoding documents exactly as Python `transformers` does.
+//!
+//! `transformers`' fast tokenizers switch off any truncation or padding stored in
+//! `tokenizer.json` before encoding, so we do too: otherwise a corpus tokenized here could be cut
+//! at a length nobody asked for.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::error::{CoreError, Result};
+use crate::reader::sha256_file;
+
+/// A special token and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecialToken {
+    pub token: String,
+    pub id: u32,
+}
+
+/// A tokenizer ready to encode, with the facts the manifest records.
+pub struct LoadedTokenizer {
+    pub tokenizer: Tokenizer,
+    pub info: TokenizerInfo,
+}
+
+/// What the manifest says about the tokenizer, so a later stage can check it uses the same one.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenizerInfo {
+    /// The `tokenizer.json` that was loaded.
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Vocabulary size including added tokens.
+    pub vocab_size: usize,
+    pub bos: Option<SpecialToken>,
+    pub eos: Option<SpecialToken>,
+    pub pad: Option<SpecialToken>,
+    /// Where eos came from: `tokenizer_config.json`, `option`, or `guessed` (a bare tokenizer.json).
+    pub eos_source: &'static str,
+    /// Whether encoding with special tokens already ends with eos (then none is appended).
+    pub post_processor_adds_eos: bool,
+}
+
+/// Tokens that end documents in common tokenizers, tried in order when no config names one.
+const EOS_GUESSES: [&str; 6] = [
+    "<|endoftext|>",
+    "</s>",
+    "<|end_of_text|>",
+    "<eos>",
+    "<|im_end|>",
+    "<|eot_id|>",
+];
+
+impl LoadedTokenizer {
+    /// Loads from a model folder (`tokenizer.json` + optional `tokenizer_config.json`) or a
+    /// `tokenizer.json` file. `eos_override` names the end-of-document token explicitly.
+    pub fn load(path: &Path, eos_override: Option<&str>) -> Result<Self> {
+        let bad = |message: String| CoreError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (json_path, config_path) = if path.is_dir() {
+            let json = path.join("tokenizer.json");
+            if !json.is_file() {
+                return Err(bad(
+                    "folder has no tokenizer.json (a HF model folder or a tokenizer.json file is expected)"
+                        .into(),
+                ));
+            }
+            (json, path.join("tokenizer_config.json"))
+        } else if path.is_file() {
+            let sibling = path.with_file_name("tokenizer_config.json");
+            (path.to_path_buf(), sibling)
+        } else {
+            return Err(bad("no such file or folder".into()));
+        };
+        let mut tokenizer = Tokenizer::from_file(&json_path)
+            .map_err(|e| bad(format!("not a HuggingFace tokenizer.json: {e}")))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| bad(format!("cannot disable truncation: {e}")))?;
+        tokenizer.with_padding(None);
+
+        let config = if config_path.is_file() {
+            let text = std::fs::read_to_string(&config_path)
+                .map_err(|e| CoreError::io(&config_path, e))?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| CoreError::Tokenizer {
+                path: config_path.clone(),
+                message: format!("malformed JSON: {e}"),
+            })?;
+            Some(value)
+        } else {
+            None
+        };
+        let special = |key: &str| -> Result<Option<SpecialToken>> {
+            let Some(name) = config.as_ref().and_then(|c| token_name(c.get(key)?)) else {
+                return Ok(None);
+            };
+            match tokenizer.token_to_id(&name) {
+                Some(id) => Ok(Some(SpecialToken { token: name, id })),
+                None => Err(CoreError::Tokenizer {
+                    path: config_path.clone(),
+                    message: format!("{key} '{name}' is not in the vocabulary"),
+                }),
+            }
+        };
+        let bos = special("bos_token")?;
+        let pad = special("pad_token")?;
+        let (eos, eos_source) = if let Some(name) = eos_override {
+            let id = tokenizer
+                .token_to_id(name)
+                .ok_or_else(|| bad(format!("eos token '{name}' is not in the vocabulary")))?;
+            let token = SpecialToken {
+                token: name.to_string(),
+                id,
+            };
+            (Some(token), "option")
+        } else if let Some(token) = special("eos_token")? {
+            (Some(token), "tokenizer_config.json")
+        } else {
+            let guess = EOS_GUESSES.iter().find_map(|name| {
+                tokenizer.token_to_id(name).map(|id| SpecialToken {
+                    token: name.to_string(),
+                    id,
+                })
+            });
+            (guess, "guessed")
+        };
+        let post_processor_adds_eos = match &eos {
+            Some(eos) => tokenizer
+                .encode_fast("a", true)
+                .map(|enc| enc.get_ids().last() == Some(&eos.id))
+                .unwrap_or(false),
+            None => false,
+        };
+        let info = TokenizerInfo {
+            sha256: sha256_file(&json_path)?,
+            path: json_path,
+            vocab_size: tokenizer.get_vocab_size(true),
+            bos,
+            eos,
+            pad,
+            eos_source,
+            post_processor_adds_eos,
+        };
+        Ok(LoadedTokenizer { tokenizer, info })
+    }
+
+    /// Token ids of one document, with the special tokens `transformers`' `tokenizer(text)` adds.
+    pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        self.tokenizer
+            .encode_fast(text, true)
+            .map(|encoding| encoding.get_ids().to_vec())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A special token in `tokenizer_config.json` is a string or an `AddedToken` object.
+fn token_name(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(map) => map.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
