@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ferrotune.cli import main
+from ferrotune.data import prep_pt
 from ferrotune.errors import (
     ConfigError,
     DataError,
@@ -18,7 +19,6 @@ from ferrotune.errors import (
     OutputExistsError,
     TokenizerError,
 )
-from ferrotune.data import prep_pt
 
 GOOD = '{"text": "a good document"}\n'
 

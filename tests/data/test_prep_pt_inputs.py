@@ -67,7 +67,7 @@ def test_parquet_errors_name_the_column(example_tokenizer, tmp_path):
 
     path = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"content": DOCS}), path)
-    with pytest.raises(DataError, match="field 'text': no such column.*content"):
+    with pytest.raises(DataError, match=r"field 'text': no such column.*content"):
         prep_pt(example_tokenizer, [path], tmp_path / "out")
     pq.write_table(pa.table({"text": [1, 2, 3]}), path)
     with pytest.raises(DataError, match="expected a string column"):
