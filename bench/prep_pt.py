@@ -79,11 +79,12 @@ class Result:
     """One contender on one corpus."""
 
     contender: str
-    corpus_mb: float
-    tokens: int
-    seconds: float
-    wall_seconds: float
-    peak_rss_mb: float
+    corpus_mb: float  # the corpus file's size, 10^6 bytes
+    tokens: int  # document tokens including one EOS each, before packing
+    blocks: int  # BLOCK_SIZE-token rows written (0: encode_batch_fast writes nothing)
+    seconds: float  # the work alone, without interpreter start-up and imports
+    wall_seconds: float  # the whole subprocess
+    peak_rss_mb: float  # peak RSS summed over the subprocess and its descendants, 10^6 bytes
 
     @property
     def mtok_per_s(self) -> float:
@@ -243,8 +244,13 @@ def run_ferrotune(corpus: Path, qwen: Path, workers: int, tmp_root: Path) -> dic
         ]
         wall, peak, _ = run_measured(cmd, child_env(workers))
         manifest = json.loads((out / "manifest.json").read_text())
-    tokens = manifest["tokens"]["documents"]
-    return {"tokens": tokens, "seconds": manifest["elapsed_seconds"], "wall": wall, "peak": peak}
+    return {
+        "tokens": manifest["tokens"]["documents"],
+        "blocks": manifest["rows"],
+        "seconds": manifest["elapsed_seconds"],
+        "wall": wall,
+        "peak": peak,
+    }
 
 
 def run_child(name: str, corpus: Path, qwen: Path, workers: int, tmp_root: Path) -> dict[str, Any]:
@@ -256,7 +262,7 @@ def run_child(name: str, corpus: Path, qwen: Path, workers: int, tmp_root: Path)
     ]
     wall, peak, stdout = run_measured(cmd, child_env(workers))
     result = child_result(stdout)
-    return {"tokens": result["tokens"], "seconds": result["seconds"], "wall": wall, "peak": peak}
+    return {**result, "wall": wall, "peak": peak}
 
 
 def run_contender(name: str, corpus: Path, qwen: Path, workers: int, tmp_root: Path) -> Result:
@@ -269,6 +275,7 @@ def run_contender(name: str, corpus: Path, qwen: Path, workers: int, tmp_root: P
         contender=name,
         corpus_mb=corpus.stat().st_size / MB,
         tokens=int(raw["tokens"]),
+        blocks=int(raw["blocks"]),
         seconds=float(raw["seconds"]),
         wall_seconds=raw["wall"],
         peak_rss_mb=raw["peak"] / MB,
@@ -321,7 +328,7 @@ def child_datasets(corpus: Path, qwen: Path, workers: int, tmp_root: Path) -> di
         seconds = time.perf_counter() - start
         lengths = pc.list_value_length(tokenized.data.column("input_ids"))
         tokens = pc.sum(lengths).as_py() or 0
-    return {"tokens": tokens, "seconds": seconds, "documents": len(tokenized)}
+    return {"tokens": tokens, "blocks": len(grouped), "seconds": seconds}
 
 
 def batches(corpus: Path, size: int) -> Iterator[list[str]]:
@@ -350,7 +357,7 @@ def child_encode_batch_fast(corpus: Path, qwen: Path) -> dict[str, Any]:
         tokens += sum(len(encoding) for encoding in tokenizer.encode_batch_fast(batch))
         documents += len(batch)
     seconds = time.perf_counter() - start
-    return {"tokens": tokens + documents, "seconds": seconds, "documents": documents}
+    return {"tokens": tokens + documents, "blocks": 0, "seconds": seconds}
 
 
 def run_as_child(args: argparse.Namespace) -> None:
@@ -389,15 +396,15 @@ def print_environment(workers: int) -> None:
 
 def print_table(results: Sequence[Result]) -> None:
     header = (
-        f"{'contender':<18} {'corpus MB':>9} {'tokens':>12} {'seconds':>8} "
+        f"{'contender':<18} {'corpus MB':>9} {'tokens':>12} {'blocks':>8} {'seconds':>8} "
         f"{'wall s':>7} {'M tok/s':>8} {'peak RSS MB':>11}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r.contender:<18} {r.corpus_mb:>9.1f} {r.tokens:>12,} {r.seconds:>8.2f} "
-            f"{r.wall_seconds:>7.2f} {r.mtok_per_s:>8.2f} {r.peak_rss_mb:>11.0f}"
+            f"{r.contender:<18} {r.corpus_mb:>9.1f} {r.tokens:>12,} {r.blocks:>8,} "
+            f"{r.seconds:>8.2f} {r.wall_seconds:>7.2f} {r.mtok_per_s:>8.2f} {r.peak_rss_mb:>11.0f}"
         )
 
 
@@ -461,6 +468,7 @@ def write_csv(results: Sequence[Result], path: Path, workers: int) -> None:
                     r.contender,
                     f"{r.corpus_mb:.3f}",
                     r.tokens,
+                    r.blocks,
                     f"{r.seconds:.3f}",
                     f"{r.wall_seconds:.3f}",
                     f"{r.peak_rss_mb:.1f}",
@@ -480,15 +488,15 @@ def plot(results: Sequence[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.contender}\n{r.corpus_mb:.0f} MB" for r in results]
+    labels = [f"{r.contender}\n{r.corpus_mb:.3g} MB" for r in results]
     colors = [f"C{CONTENDERS.index(r.contender)}" for r in results]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(results)), 4.5))
-    for ax, values, title in (
-        (speed, [r.mtok_per_s for r in results], "M tokens/s (higher is better)"),
-        (memory, [r.peak_rss_mb for r in results], "peak RSS MB (lower is better)"),
+    for ax, values, fmt, title in (
+        (speed, [r.mtok_per_s for r in results], "%.2f", "M tokens/s (higher is better)"),
+        (memory, [r.peak_rss_mb for r in results], "%.0f", "peak RSS MB (lower is better)"),
     ):
         bars = ax.bar(labels, values, color=colors)
-        ax.bar_label(bars, fmt="%.1f")
+        ax.bar_label(bars, fmt=fmt)
         ax.set_title(title)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(
