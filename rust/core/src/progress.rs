@@ -34,7 +34,7 @@ impl Progress {
             );
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {msg} ({eta})",
+                    "{prefix} [{bar:20}] {binary_bytes}/{binary_total_bytes} {msg} eta {eta}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
@@ -62,7 +62,7 @@ impl Progress {
             Mode::Bar(bar) => {
                 bar.set_position(bytes.min(self.total_bytes));
                 bar.set_message(format!(
-                    "{} tokens, {}/s",
+                    "{} tok, {} tok/s",
                     human(tokens as f64),
                     human(rate)
                 ));
