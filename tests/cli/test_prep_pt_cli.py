@@ -1,5 +1,5 @@
 """The ``ferrotune`` command as a user runs it: a real process, its exit status and output,
-and what a SIGKILL at any moment leaves behind."""
+and what a SIGKILL or Ctrl-C at any moment leaves behind."""
 
 from __future__ import annotations
 
@@ -17,30 +17,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def ferrotune(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ferrotune", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        **kwargs,
-    )
+def prep_pt_args(source: Path | str, out: Path, *extra: str) -> list[str]:
+    """A ``python -m ferrotune prep pt`` command line with the example tokenizer."""
+    return [
+        sys.executable, "-m", "ferrotune", "prep", "pt", "--tokenizer", "examples/tokenizer",
+        "--input", str(source), "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, **kwargs)
 
 
 def test_readme_main_job_prints_a_summary_that_adds_up(tmp_path):
     out = tmp_path / "pt"
-    result = ferrotune(
-        "prep",
-        "pt",
-        "--tokenizer",
-        "examples/tokenizer",
-        "--input",
-        "examples/pt",
-        "--out",
-        str(out),
-        "--block-size",
-        "256",
-    )
+    result = run(prep_pt_args("examples/pt", out, "--block-size", "256"))
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["counts"]
@@ -53,69 +44,49 @@ def test_readme_main_job_prints_a_summary_that_adds_up(tmp_path):
 
 
 def test_version_and_help():
-    result = ferrotune("--version")
+    result = run([sys.executable, "-m", "ferrotune", "--version"])
     assert result.returncode == 0
     assert result.stdout.startswith("ferrotune 0.")
-    result = ferrotune("prep", "pt", "--help")
+    result = run([sys.executable, "-m", "ferrotune", "prep", "pt", "--help"])
     for option in (
-        "--block-size",
-        "--workers",
-        "--text-field",
-        "--doc-sep",
-        "--last-block",
-        "--eos",
-        "--no-eos",
-        "--skip-bad",
-        "--overwrite",
-        "--quiet",
-        "--num-shards",
-        "--shard-index",
+        "--block-size", "--workers", "--text-field", "--doc-sep", "--last-block", "--eos",
+        "--no-eos", "--skip-bad", "--overwrite", "--quiet", "--num-shards", "--shard-index",
         "--shard-size",
-    ):
+    ):  # fmt: skip
         assert option in result.stdout
 
 
 def test_bad_input_exits_non_zero_with_one_plain_line(tmp_path):
     source = tmp_path / "bad.jsonl"
     source.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
-    result = ferrotune(
-        "prep",
-        "pt",
-        "--tokenizer",
-        "examples/tokenizer",
-        "--input",
-        str(source),
-        "--out",
-        str(tmp_path / "out"),
-    )
+    result = run(prep_pt_args(source, tmp_path / "out"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"{source}:line 2, field 'text': no field 'text' (fields: txt" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_progress_goes_to_stderr_as_log_lines_when_not_a_terminal(tmp_path):
-    result = ferrotune(
-        "prep",
-        "pt",
-        "--tokenizer",
-        "examples/tokenizer",
-        "--input",
-        "examples/pt",
-        "--out",
-        str(tmp_path / "out"),
-        "--quiet",
-    )
+def test_quiet_prints_nothing(tmp_path):
+    result = run(prep_pt_args("examples/pt", tmp_path / "out", "--quiet"))
     assert result.returncode == 0
     assert result.stdout == "" and result.stderr == ""
+
+
+def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(tmp_path):
+    env = dict(os.environ, FERROTUNE_LOG_INTERVAL="0")
+    result = run(prep_pt_args("examples/pt", tmp_path / "out"), env=env)
+    assert result.returncode == 0
+    lines = result.stderr.splitlines()
+    assert lines, "at least one progress line"
+    assert all(line.startswith("[prep pt] ") and "tokens/s" in line for line in lines)
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
 
 
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory) -> Path:
     """~30 MB of the examples' text: a few seconds of work with one worker."""
-    text = "".join(
-        p.read_text(encoding="utf-8") for p in sorted((REPO / "examples/pt").glob("*.txt"))
-    )
+    sources = sorted((REPO / "examples/pt").glob("*.txt"))
+    text = "".join(p.read_text(encoding="utf-8") for p in sources)
     path = tmp_path_factory.mktemp("big") / "big.txt"
     path.write_text(text * 700, encoding="utf-8")
     return path
@@ -130,33 +101,14 @@ def loads_as_dataset(path: Path) -> bool:
 
 
 def start(big_corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ferrotune",
-            "prep",
-            "pt",
-            "--tokenizer",
-            "examples/tokenizer",
-            "--input",
-            str(big_corpus),
-            "--out",
-            str(out),
-            "--workers",
-            "1",
-            "--quiet",
-            *extra,
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = prep_pt_args(big_corpus, out, "--workers", "1", "--quiet", *extra)
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
+def wait_for_a_shard(folder: Path, timeout: float = 60.0) -> None:
+    """Waits until a run writing into ``folder/out`` has a shard open in its staging folder."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not any(folder.glob(".out.ferrotune-partial-*/*.partial")):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 
@@ -166,7 +118,7 @@ def test_sigkill_leaves_nothing_that_loads(big_corpus, tmp_path, moment):
     out = tmp_path / "out"
     process = start(big_corpus, out)
     if moment == "while writing shards":
-        wait_for(lambda: any(tmp_path.glob(".out.ferrotune-partial-*/*.partial")))
+        wait_for_a_shard(tmp_path)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists()
@@ -182,21 +134,10 @@ def test_sigkill_leaves_nothing_that_loads(big_corpus, tmp_path, moment):
 
 def test_sigkill_during_overwrite_keeps_the_old_output(big_corpus, tmp_path):
     out = tmp_path / "out"
-    small = ferrotune(
-        "prep",
-        "pt",
-        "--tokenizer",
-        "examples/tokenizer",
-        "--input",
-        "examples/pt",
-        "--out",
-        str(out),
-        "--quiet",
-    )
-    assert small.returncode == 0
+    assert run(prep_pt_args("examples/pt", out, "--quiet")).returncode == 0
     before = (out / "manifest.json").read_bytes()
     process = start(big_corpus, out, "--overwrite")
-    wait_for(lambda: any(tmp_path.glob(".out.ferrotune-partial-*/*.partial")))
+    wait_for_a_shard(tmp_path)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert (out / "manifest.json").read_bytes() == before
@@ -206,7 +147,7 @@ def test_sigkill_during_overwrite_keeps_the_old_output(big_corpus, tmp_path):
 def test_ctrl_c_stops_cleanly_and_removes_the_staging_folder(big_corpus, tmp_path):
     out = tmp_path / "out"
     process = start(big_corpus, out)
-    wait_for(lambda: any(tmp_path.glob(".out.ferrotune-partial-*/*.partial")))
+    wait_for_a_shard(tmp_path)
     os.kill(process.pid, signal.SIGINT)
     assert process.wait(timeout=30) == 130
     assert list(tmp_path.iterdir()) == []

@@ -6,13 +6,22 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// How often a log line is written when stderr is not a terminal.
+/// How often a log line is written when stderr is not a terminal; `FERROTUNE_LOG_INTERVAL`
+/// (seconds) overrides it.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+fn log_interval() -> Duration {
+    std::env::var("FERROTUNE_LOG_INTERVAL")
+        .ok()
+        .and_then(|value| value.parse::<f64>().ok())
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map_or(LOG_EVERY, Duration::from_secs_f64)
+}
 
 enum Mode {
     Quiet,
     Bar(ProgressBar),
-    Log { last: Instant },
+    Log { last: Instant, every: Duration },
 }
 
 /// Reports bytes read and tokens produced.
@@ -44,6 +53,7 @@ impl Progress {
         } else {
             Mode::Log {
                 last: Instant::now(),
+                every: log_interval(),
             }
         };
         Progress {
@@ -67,8 +77,8 @@ impl Progress {
                     human(rate)
                 ));
             }
-            Mode::Log { last } => {
-                if last.elapsed() >= LOG_EVERY {
+            Mode::Log { last, every } => {
+                if last.elapsed() >= *every {
                     *last = Instant::now();
                     let percent = 100.0 * bytes as f64 / self.total_bytes.max(1) as f64;
                     eprintln!(
