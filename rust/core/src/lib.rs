@@ -5,6 +5,7 @@
 //! atomically ([`output`]) with a manifest ([`manifest`]). [`pt::prep_pt`] ties them together
 //! for pretraining data. The Python bindings live in `rust/python`.
 
+pub mod conversation;
 pub mod error;
 pub mod input;
 pub mod manifest;
