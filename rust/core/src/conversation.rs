@@ -19,6 +19,8 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::reader::json_kind;
+
 /// The record layouts ferrotune reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,7 +189,7 @@ fn string<'a>(value: &'a Value, key: &str) -> Parsed<&'a str> {
         Problem::new(
             "wrong_type",
             key,
-            format!("expected a string, found {}", kind(value)),
+            format!("expected a string, found {}", json_kind(value)),
         )
     })
 }
@@ -196,17 +198,6 @@ fn optional_string<'a>(record: &'a Map<String, Value>, key: &str) -> Parsed<Opti
     match record.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => string(value, key).map(Some),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -224,7 +215,7 @@ fn tools(record: &Map<String, Value>) -> Parsed<Option<Value>> {
         return Err(Problem::new(
             "invalid_tools",
             "tools",
-            format!("expected a list of tools, found {}", kind(&value)),
+            format!("expected a list of tools, found {}", json_kind(&value)),
         ));
     };
     if list.is_empty() {
@@ -242,7 +233,7 @@ fn tools(record: &Map<String, Value>) -> Parsed<Option<Value>> {
                 "tools",
                 format!(
                     "a tool must be an object with a name, found {}",
-                    kind(&other)
+                    json_kind(&other)
                 ),
             )),
         })
@@ -297,7 +288,7 @@ fn sharegpt_turns(turns: &Value, key: &str) -> Parsed<Vec<Value>> {
         return Err(Problem::new(
             "wrong_type",
             key,
-            format!("expected a list of turns, found {}", kind(turns)),
+            format!("expected a list of turns, found {}", json_kind(turns)),
         ));
     };
     let mut messages = Vec::with_capacity(turns.len());
@@ -307,7 +298,7 @@ fn sharegpt_turns(turns: &Value, key: &str) -> Parsed<Vec<Value>> {
             return Err(Problem::new(
                 "wrong_type",
                 at,
-                format!("expected a turn object, found {}", kind(turn)),
+                format!("expected a turn object, found {}", json_kind(turn)),
             ));
         };
         let from = string(
@@ -349,7 +340,7 @@ fn openai_messages(value: &Value, key: &str) -> Parsed<Vec<Value>> {
         return Err(Problem::new(
             "wrong_type",
             key,
-            format!("expected a list of messages, found {}", kind(value)),
+            format!("expected a list of messages, found {}", json_kind(value)),
         ));
     };
     let mut messages = Vec::with_capacity(list.len());
@@ -359,7 +350,7 @@ fn openai_messages(value: &Value, key: &str) -> Parsed<Vec<Value>> {
             return Err(Problem::new(
                 "wrong_type",
                 at,
-                format!("expected a message object, found {}", kind(item)),
+                format!("expected a message object, found {}", json_kind(item)),
             ));
         };
         let role = string(
@@ -383,7 +374,7 @@ fn openai_messages(value: &Value, key: &str) -> Parsed<Vec<Value>> {
                 return Err(Problem::new(
                     "wrong_type",
                     format!("{at}.content"),
-                    format!("expected a string, found {}", kind(other)),
+                    format!("expected a string, found {}", json_kind(other)),
                 ))
             }
             None => {
@@ -410,7 +401,7 @@ fn history(record: &Map<String, Value>) -> Parsed<Vec<Value>> {
             "history",
             format!(
                 "expected a list of [question, answer] pairs, found {}",
-                kind(value)
+                json_kind(value)
             ),
         ));
     };
@@ -572,7 +563,7 @@ fn answer(value: &Value, key: &str) -> Parsed<Vec<Value>> {
             return Err(Problem::new(
                 "wrong_type",
                 key,
-                format!("expected a string or messages, found {}", kind(other)),
+                format!("expected a string or messages, found {}", json_kind(other)),
             ))
         }
     };
@@ -628,7 +619,7 @@ pub fn preference(
                 return Err(Problem::new(
                     "wrong_type",
                     "prompt",
-                    format!("expected a string or messages, found {}", kind(other)),
+                    format!("expected a string or messages, found {}", json_kind(other)),
                 ))
             }
             None => implicit_prompt(record)?,

@@ -30,7 +30,9 @@ use crate::manifest::{Column, Counts, InputEntry, Manifest, FORMAT_VERSION};
 use crate::output::{to_pretty, write_datasets_metadata, write_file, Staging};
 use crate::pack::{BlockSink, LastBlock, LastBlockOutcome, Packer};
 use crate::progress::Progress;
-use crate::reader::{read_file, Body, DocSep, FileSummary, Flow, RawRecord, ReadOptions};
+use crate::reader::{
+    json_kind, read_file, Body, DocSep, FileSummary, Flow, RawRecord, ReadOptions,
+};
 use crate::shard::{ShardInfo, ShardWriter};
 use crate::tokenizer::LoadedTokenizer;
 
@@ -518,17 +520,6 @@ fn document(record: RawRecord, path: &Path, text_field: &str) -> Item {
         return Item::Empty(bad("empty", "empty document".to_string(), text));
     }
     Item::Doc(text)
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A worker thread: tokenizes the documents of each chunk, appending EOS.

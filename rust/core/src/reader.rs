@@ -199,6 +199,19 @@ fn finish_hash(reader: BufReader<Hashing<File>>) -> String {
     hex(&reader.into_inner().hasher.finalize())
 }
 
+/// "a string", "an object", ...: the JSON type of a value, for error messages.
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Lowercase hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
