@@ -11,6 +11,7 @@ pub mod input;
 pub mod manifest;
 pub mod output;
 pub mod pack;
+pub mod pipeline;
 pub mod progress;
 pub mod pt;
 pub mod reader;
@@ -18,4 +19,5 @@ pub mod shard;
 pub mod tokenizer;
 
 pub use error::{CoreError, RecordError, Result};
-pub use pt::{prep_pt, EmptyPolicy, PtOptions};
+pub use pipeline::EmptyPolicy;
+pub use pt::{prep_pt, PtOptions};

@@ -1,6 +1,7 @@
 //! `manifest.json`: ferrotune's record of what a prep run read, how, and what it wrote.
 //!
-//! Its counts always add up — `read = written + empty + rejected` — so nothing is lost silently,
+//! Its counts always add up — `read = written + empty + rejected + dropped` — so nothing is
+//! lost silently,
 //! and it pins the inputs and the tokenizer by SHA-256 so a later stage can tell whether its data
 //! still matches.
 
@@ -40,6 +41,9 @@ pub struct Counts {
     /// Bad records (with `--skip-bad`; they are in `rejects.jsonl`).
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Valid records a stage's policy left out (too long, nothing to learn), by reason.
+    pub dropped: u64,
+    pub dropped_by_reason: BTreeMap<String, u64>,
     /// Records left to the other `--shard-index` runs.
     pub other_shards: u64,
 }
@@ -47,8 +51,9 @@ pub struct Counts {
 impl Counts {
     /// The invariant every manifest satisfies.
     pub fn adds_up(&self) -> bool {
-        self.read == self.written + self.empty + self.rejected
+        self.read == self.written + self.empty + self.rejected + self.dropped
             && self.rejected == self.rejected_by_reason.values().sum::<u64>()
+            && self.dropped == self.dropped_by_reason.values().sum::<u64>()
     }
 }
 

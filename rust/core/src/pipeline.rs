@@ -1,0 +1,370 @@
+//! The streaming pipeline every `prep` stage runs on.
+//!
+//! ```text
+//! reader (1) ──chunks of raw records──▶ workers (N): stage.process ──rows──▶ consumer (1)
+//! ```
+//!
+//! The reader walks the files in order and keeps the records this run owns (`--num-shards`);
+//! workers parse, render and tokenize them in parallel; the consumer receives the outcomes
+//! strictly in input order, so the output is byte-identical for any number of workers and the
+//! first error reported is always the first bad record of the input. Channels are bounded, so
+//! memory stays flat however large the corpus.
+//!
+//! Bad, empty and dropped records are counted here, with their reasons, so every stage's
+//! manifest adds up the same way: `read = written + empty + rejected + dropped`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde_json::json;
+
+use crate::error::{CoreError, RecordError, Result};
+use crate::input::InputFile;
+use crate::manifest::Counts;
+use crate::progress::Progress;
+use crate::reader::{read_file, FileSummary, Flow, RawKind, RawRecord, ReadOptions};
+
+/// What a stage makes of one record.
+pub enum Outcome<R> {
+    /// A row (or rows) for the consumer.
+    Row(R),
+    /// A record with no content: skipped and counted, or a bad record, by [`EmptyPolicy`].
+    Empty(RecordError),
+    /// A malformed record: an error, or with `--skip-bad` a line in `rejects.jsonl`.
+    Bad(RecordError),
+    /// A valid record the stage's policy leaves out (too long, nothing to learn): counted by
+    /// reason, never an error.
+    Dropped(RecordError),
+}
+
+/// One preparation stage: turns raw records into rows, on worker threads.
+pub trait Stage: Sync {
+    type Row: Send;
+
+    /// Processes one record of `path`. An `Err` stops the run (a failure of the machinery, not
+    /// of the record: those are [`Outcome::Bad`]).
+    fn process(&self, record: RawRecord, path: &Path) -> Result<Outcome<Self::Row>>;
+}
+
+/// What to do with a document that has no content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyPolicy {
+    /// Skip it and count it under `counts.empty` (blank lines in text files are normal).
+    Skip,
+    /// Treat it as a bad record (an error, or a reject with `--skip-bad`).
+    Error,
+}
+
+impl EmptyPolicy {
+    pub fn parse(name: &str) -> Result<EmptyPolicy> {
+        match name {
+            "skip" => Ok(EmptyPolicy::Skip),
+            "error" => Ok(EmptyPolicy::Error),
+            other => Err(CoreError::config(
+                "empty",
+                format!("'{other}' is not one of skip, error"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EmptyPolicy::Skip => "skip",
+            EmptyPolicy::Error => "error",
+        }
+    }
+}
+
+/// The records to read and which of them this run owns.
+pub struct Source<'a> {
+    pub files: &'a [InputFile],
+    pub read: ReadOptions,
+    pub num_shards: usize,
+    pub shard_index: usize,
+}
+
+/// How bad and empty records are handled.
+pub struct Policy<'a> {
+    pub empty: EmptyPolicy,
+    pub rejects: &'a mut Rejects,
+}
+
+/// What a run read, besides the rows it handed to the consumer.
+pub struct Totals {
+    pub counts: Counts,
+    /// One per input file, in order.
+    pub summaries: Vec<FileSummary>,
+}
+
+/// Raw bytes per chunk, and records per chunk: large enough to amortise channel traffic, small
+/// enough that the `2 × workers` chunks in flight stay a few MB.
+const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_RECORDS: usize = 2048;
+
+enum Item<R> {
+    Raw(usize, RawRecord),
+    Done(Outcome<R>),
+    FileDone(usize, FileSummary),
+}
+
+enum Payload<R> {
+    Items(Vec<Item<R>>),
+    Failed(CoreError),
+}
+
+struct Chunk<R> {
+    seq: u64,
+    /// Input bytes read when the chunk was cut, over all files.
+    bytes_read: u64,
+    payload: Payload<R>,
+}
+
+/// Runs `stage` over `source` with `workers` threads, handing each row to `consume` in input
+/// order; `consume` returns the number of tokens the row added (for progress).
+pub fn run<S: Stage>(
+    source: &Source<'_>,
+    stage: &S,
+    workers: usize,
+    policy: Policy<'_>,
+    cancel: &AtomicBool,
+    progress: &mut Progress,
+    mut consume: impl FnMut(S::Row) -> Result<u64>,
+) -> Result<Totals> {
+    let workers = workers.max(1);
+    let (work_tx, work_rx) = bounded::<Chunk<S::Row>>(2 * workers);
+    let (done_tx, done_rx) = bounded::<Chunk<S::Row>>(2 * workers);
+    let stop = AtomicBool::new(false);
+    let mut counts = Counts::default();
+    let mut summaries: Vec<Option<FileSummary>> = vec![None; source.files.len()];
+
+    std::thread::scope(|scope| -> Result<()> {
+        let stop = &stop;
+        scope.spawn(move || read_all(source, work_tx, stop));
+        for _ in 0..workers {
+            let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+            scope.spawn(move || process_chunks(stage, source.files, work_rx, done_tx));
+        }
+        drop(work_rx);
+        drop(done_tx);
+
+        let result = (|| -> Result<()> {
+            let mut pending = BTreeMap::new();
+            let mut next = 0u64;
+            let mut tokens = 0u64;
+            for chunk in done_rx.iter() {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(CoreError::Cancelled);
+                }
+                pending.insert(chunk.seq, chunk);
+                while let Some(chunk) = pending.remove(&next) {
+                    next += 1;
+                    let items = match chunk.payload {
+                        Payload::Items(items) => items,
+                        Payload::Failed(error) => return Err(error),
+                    };
+                    for item in items {
+                        match item {
+                            Item::Done(outcome) => {
+                                counts.read += 1;
+                                match outcome {
+                                    Outcome::Row(row) => {
+                                        counts.written += 1;
+                                        tokens += consume(row)?;
+                                    }
+                                    Outcome::Empty(record) => match policy.empty {
+                                        EmptyPolicy::Skip => counts.empty += 1,
+                                        EmptyPolicy::Error => {
+                                            policy.rejects.reject(record, &mut counts)?
+                                        }
+                                    },
+                                    Outcome::Bad(record) => {
+                                        policy.rejects.reject(record, &mut counts)?
+                                    }
+                                    Outcome::Dropped(record) => {
+                                        counts.dropped += 1;
+                                        *counts
+                                            .dropped_by_reason
+                                            .entry(record.reason.to_string())
+                                            .or_default() += 1;
+                                    }
+                                }
+                            }
+                            Item::FileDone(index, summary) => {
+                                counts.other_shards += summary.records;
+                                summaries[index] = Some(summary);
+                            }
+                            Item::Raw(..) => unreachable!("workers process every record"),
+                        }
+                    }
+                    progress.update(chunk.bytes_read, tokens);
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Unblock the reader and the workers so the scope can end.
+            stop.store(true, Ordering::Relaxed);
+            drop(done_rx);
+        }
+        result
+    })?;
+    progress.finish();
+    let summaries = summaries
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            CoreError::Internal("a reader or worker thread stopped without reporting".into())
+        })?;
+    // `other_shards` gathered every file's record count; keep only the others' share.
+    counts.other_shards -= counts.read;
+    debug_assert!(counts.adds_up());
+    Ok(Totals { counts, summaries })
+}
+
+/// The reader thread: walks the files in order and sends chunks of this run's raw records.
+fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
+    let mut seq = 0u64;
+    let mut items: Vec<Item<R>> = Vec::with_capacity(CHUNK_RECORDS);
+    let mut chunk_bytes = 0usize;
+    let mut record_index = 0u64;
+    let mut bytes_before = 0u64;
+    let mut bytes_read = 0u64;
+    let send = |seq: &mut u64, payload: Payload<R>, bytes_read: u64| -> bool {
+        let chunk = Chunk {
+            seq: *seq,
+            bytes_read,
+            payload,
+        };
+        *seq += 1;
+        !stop.load(Ordering::Relaxed) && tx.send(chunk).is_ok()
+    };
+    for (index, file) in source.files.iter().enumerate() {
+        let mut visit = |record: RawRecord, consumed: u64| -> Result<Flow> {
+            let mine = record_index % source.num_shards as u64 == source.shard_index as u64;
+            record_index += 1;
+            if !mine {
+                return Ok(Flow::Continue);
+            }
+            bytes_read = bytes_before + consumed;
+            chunk_bytes += match &record.kind {
+                RawKind::Text(bytes) | RawKind::Json(bytes) => bytes.len(),
+                RawKind::Cell(text) => text.as_ref().map_or(0, String::len),
+            };
+            items.push(Item::Raw(index, record));
+            if items.len() >= CHUNK_RECORDS || chunk_bytes >= CHUNK_BYTES {
+                chunk_bytes = 0;
+                let full = std::mem::replace(&mut items, Vec::with_capacity(CHUNK_RECORDS));
+                if !send(&mut seq, Payload::Items(full), bytes_read) {
+                    return Ok(Flow::Stop);
+                }
+            }
+            Ok(Flow::Continue)
+        };
+        match read_file(file, &source.read, &mut visit) {
+            Ok(Some(summary)) => items.push(Item::FileDone(index, summary)),
+            Ok(None) => return,
+            Err(error) => {
+                // Hand over what came before the failure first, so its records are still
+                // processed (and an earlier bad record still reported first).
+                let before = std::mem::take(&mut items);
+                if send(&mut seq, Payload::Items(before), bytes_read) {
+                    send(&mut seq, Payload::Failed(error), bytes_read);
+                }
+                return;
+            }
+        }
+        bytes_before += file.bytes;
+    }
+    send(&mut seq, Payload::Items(items), bytes_before);
+}
+
+/// A worker thread: runs the stage on each raw record of each chunk.
+fn process_chunks<S: Stage>(
+    stage: &S,
+    files: &[InputFile],
+    rx: Receiver<Chunk<S::Row>>,
+    tx: Sender<Chunk<S::Row>>,
+) {
+    for mut chunk in rx.iter() {
+        if let Payload::Items(items) = chunk.payload {
+            let mut done = Vec::with_capacity(items.len());
+            let mut failure = None;
+            for item in items {
+                match item {
+                    Item::Raw(file, record) => match stage.process(record, &files[file].path) {
+                        Ok(outcome) => done.push(Item::Done(outcome)),
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    },
+                    other => done.push(other),
+                }
+            }
+            chunk.payload = match failure {
+                Some(error) => Payload::Failed(error),
+                None => Payload::Items(done),
+            };
+        }
+        if tx.send(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// Bad records: an error, or with `--skip-bad` a line in `rejects.jsonl` and a count.
+pub struct Rejects {
+    path: PathBuf,
+    skip_bad: bool,
+    file: Option<BufWriter<File>>,
+}
+
+impl Rejects {
+    pub fn new(dir: &Path, skip_bad: bool) -> Rejects {
+        Rejects {
+            path: dir.join("rejects.jsonl"),
+            skip_bad,
+            file: None,
+        }
+    }
+
+    fn reject(&mut self, record: RecordError, counts: &mut Counts) -> Result<()> {
+        if !self.skip_bad {
+            return Err(CoreError::Record(record));
+        }
+        counts.rejected += 1;
+        *counts
+            .rejected_by_reason
+            .entry(record.reason.to_string())
+            .or_default() += 1;
+        if self.file.is_none() {
+            let file = File::create(&self.path).map_err(|e| CoreError::io(&self.path, e))?;
+            self.file = Some(BufWriter::new(file));
+        }
+        let line = json!({
+            "file": record.path,
+            "line": record.line,
+            "field": record.field,
+            "reason": record.reason,
+            "message": record.message,
+            "record": record.raw,
+        });
+        let writer = self.file.as_mut().expect("opened above");
+        writeln!(writer, "{line}").map_err(|e| CoreError::io(&self.path, e))
+    }
+
+    /// Closes the file; returns its name when any record was rejected.
+    pub fn finish(self) -> Result<Option<&'static str>> {
+        match self.file {
+            Some(mut writer) => {
+                writer.flush().map_err(|e| CoreError::io(&self.path, e))?;
+                Ok(Some("rejects.jsonl"))
+            }
+            None => Ok(None),
+        }
+    }
+}
