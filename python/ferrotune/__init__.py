@@ -11,6 +11,7 @@ from ferrotune.errors import (
     FerrotuneError,
     InputNotFoundError,
     OutputExistsError,
+    TemplateError,
     TokenizerError,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "FerrotuneError",
     "InputNotFoundError",
     "OutputExistsError",
+    "TemplateError",
     "TokenizerError",
     "__version__",
 ]

@@ -25,3 +25,15 @@ def prep_pt(
     shard_size: str = "500MB",
     input_format: str | None = None,
 ) -> str: ...
+
+def render_chat_template(
+    template: str,
+    messages_json: str,
+    *,
+    tools_json: str | None = None,
+    add_generation_prompt: bool = False,
+    special_tokens_json: str | None = None,
+    kwargs_json: str | None = None,
+    documents_json: str | None = None,
+    name: str = "chat_template",
+) -> tuple[str, list[tuple[int, int]]]: ...

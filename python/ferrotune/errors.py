@@ -12,6 +12,7 @@ __all__ = [
     "FerrotuneError",
     "InputNotFoundError",
     "OutputExistsError",
+    "TemplateError",
     "TokenizerError",
 ]
 
@@ -61,6 +62,22 @@ class TokenizerError(FerrotuneError, ValueError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class TemplateError(FerrotuneError, ValueError):
+    """A chat template that does not compile, or that refuses or fails on a conversation.
+
+    ``template`` names the template (its file or origin). ``message`` is the template's own
+    text when it called ``raise_exception(...)`` (the same text transformers raises as
+    ``jinja2.TemplateError``), otherwise the engine's description with the template line.
+    """
+
+    def __init__(
+        self, text: str, *, template: str | None = None, message: str | None = None
+    ) -> None:
+        super().__init__(text)
+        self.template = template
+        self.message = text if message is None else message
 
 
 class ConfigError(FerrotuneError, ValueError):

@@ -90,6 +90,12 @@ pub enum CoreError {
     #[error("{path}: {message}")]
     Arrow { path: PathBuf, message: String },
 
+    /// A chat template that does not compile, or that fails on a conversation. `message` is
+    /// the template's own text when it called `raise_exception`, else the engine's description
+    /// (with the line in the template).
+    #[error("chat template '{template}': {message}")]
+    Template { template: String, message: String },
+
     /// A bug: a pipeline thread died without reporting why.
     #[error("internal error: {0}")]
     Internal(String),

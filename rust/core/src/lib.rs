@@ -2,7 +2,8 @@
 //!
 //! Pure Rust, no Python: readers for text, JSON and Parquet corpora ([`reader`]), HuggingFace
 //! tokenization ([`tokenizer`]), block packing ([`pack`]), Arrow IPC shards ([`shard`]) written
-//! atomically ([`output`]) with a manifest ([`manifest`]). [`pt::prep_pt`] ties them together
+//! atomically ([`output`]) with a manifest ([`manifest`]). Chat templates render conversations
+//! byte-identically to transformers ([`template`]). [`pt::prep_pt`] ties them together
 //! for pretraining data. The Python bindings live in `rust/python`.
 
 pub mod conversation;
@@ -16,8 +17,10 @@ pub mod progress;
 pub mod pt;
 pub mod reader;
 pub mod shard;
+pub mod template;
 pub mod tokenizer;
 
 pub use error::{CoreError, RecordError, Result};
 pub use pipeline::EmptyPolicy;
 pub use pt::{prep_pt, PtOptions};
+pub use template::{ChatTemplate, RenderOptions, Rendered};

@@ -2,7 +2,7 @@
 //!
 //! Only conversion lives here: Python arguments → core options, the heavy call run with the GIL
 //! released, core errors → the exceptions of `ferrotune.errors`. The public API is the Python
-//! package (`ferrotune.data.prep_pt`); this module is private.
+//! package (`ferrotune.data.prep_pt`, `ferrotune.data.render_chat_template`); this module is private.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use ferrotune_core::input::Format;
 use ferrotune_core::pack::LastBlock;
 use ferrotune_core::reader::DocSep;
 use ferrotune_core::shard::parse_size;
-use ferrotune_core::{CoreError, EmptyPolicy, PtOptions};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError};
+use ferrotune_core::{ChatTemplate, CoreError, EmptyPolicy, PtOptions, RenderOptions};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -72,6 +72,17 @@ fn to_py_err(py: Python<'_>, error: CoreError) -> PyErr {
             source.to_string(),
             path.display().to_string(),
         )),
+        CoreError::Template {
+            template,
+            message: template_message,
+        } => raise(
+            "TemplateError",
+            &[
+                ("template", Some(template)),
+                ("message", Some(template_message)),
+            ],
+            None,
+        ),
         CoreError::Internal(_) => PyRuntimeError::new_err(message),
         CoreError::Cancelled => PyKeyboardInterrupt::new_err("cancelled"),
     }
@@ -165,9 +176,67 @@ fn prep_pt(
     Ok(serde_json::to_string(&manifest).expect("the manifest serializes"))
 }
 
+/// Parses one JSON argument of `render_chat_template`.
+fn parse_json(name: &str, text: &str) -> PyResult<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("{name}: invalid JSON: {e}")))
+}
+
+/// Parses an optional JSON object argument (special tokens, kwargs).
+fn parse_json_object(
+    name: &str,
+    text: Option<&str>,
+) -> PyResult<serde_json::Map<String, serde_json::Value>> {
+    match text.map(|t| parse_json(name, t)).transpose()? {
+        None => Ok(Default::default()),
+        Some(serde_json::Value::Object(map)) => Ok(map),
+        Some(_) => Err(PyValueError::new_err(format!("{name}: expected a JSON object"))),
+    }
+}
+
+/// Byte offsets (ascending or not) into `text` as character offsets, as Python indexes `str`.
+fn char_offsets(text: &str, spans: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let to_char = |byte: usize| text[..byte].chars().count();
+    spans.iter().map(|&(s, e)| (to_char(s), to_char(e))).collect()
+}
+
+/// Renders a conversation with a chat template as `apply_chat_template(tokenize=False)` does;
+/// returns the text and the character spans of its `{% generation %}` blocks.
+#[pyfunction]
+#[pyo3(signature = (
+    template, messages_json, *, tools_json=None, add_generation_prompt=false,
+    special_tokens_json=None, kwargs_json=None, documents_json=None, name="chat_template"
+))]
+#[allow(clippy::too_many_arguments)]
+fn render_chat_template(
+    py: Python<'_>,
+    template: &str,
+    messages_json: &str,
+    tools_json: Option<&str>,
+    add_generation_prompt: bool,
+    special_tokens_json: Option<&str>,
+    kwargs_json: Option<&str>,
+    documents_json: Option<&str>,
+    name: &str,
+) -> PyResult<(String, Vec<(usize, usize)>)> {
+    let messages = parse_json("messages_json", messages_json)?;
+    let options = RenderOptions {
+        tools: tools_json.map(|t| parse_json("tools_json", t)).transpose()?,
+        documents: documents_json.map(|t| parse_json("documents_json", t)).transpose()?,
+        add_generation_prompt,
+        special_tokens: parse_json_object("special_tokens_json", special_tokens_json)?,
+        kwargs: parse_json_object("kwargs_json", kwargs_json)?,
+    };
+    let rendered = py
+        .detach(|| ChatTemplate::new(template, name)?.render(&messages, &options))
+        .map_err(|e| to_py_err(py, e))?;
+    let spans = char_offsets(&rendered.text, &rendered.generation_spans);
+    Ok((rendered.text, spans))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
+    m.add_function(wrap_pyfunction!(render_chat_template, m)?)?;
     Ok(())
 }

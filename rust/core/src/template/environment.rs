@@ -1,0 +1,217 @@
+//! The minijinja environment that renders chat templates as transformers' Jinja2 one does.
+//!
+//! transformers compiles chat templates in an `ImmutableSandboxedEnvironment(trim_blocks=True,
+//! lstrip_blocks=True, extensions=[loopcontrols, generation])` with Jinja2's default (lenient)
+//! `Undefined`, `keep_trailing_newline=False`, and the globals `raise_exception`,
+//! `strftime_now`, `dict`, `namespace` and its own `tojson` filter. Templates are Python code
+//! in disguise: they call string methods (`.strip()`, `.split()`, `.startswith()`), print
+//! booleans as `True`, test `is sequence` on strings. Each difference between minijinja's
+//! defaults and that behaviour is overridden here, one function per difference.
+
+use std::borrow::Cow;
+
+use minijinja::value::{from_args, Kwargs, Value, ValueKind};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
+
+use super::pyjson::tojson_filter;
+use super::pystr::{py_split, py_str, py_strip, write_str, Ends};
+
+/// The error `raise_exception(message)` produces, attached as the source of the minijinja error
+/// so the renderer can hand the template's own message to the user unchanged.
+#[derive(Debug, Clone)]
+pub struct Raised(pub String);
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raised {}
+
+/// A fresh environment configured like transformers' (templates are added by the caller).
+pub fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(false)
+        .build()
+        .expect("the default delimiters are valid");
+    env.set_syntax(syntax);
+    // Jinja2's default Undefined: prints as "", iterates as empty, is falsy, and fails on
+    // attribute access.
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    // transformers never autoescapes, whatever the template is called.
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_formatter(|out, _state, value| {
+        let mut text = String::new();
+        write_str(&mut text, value);
+        out.write_str(&text).map_err(Error::from)
+    });
+    env.set_unknown_method_callback(python_method);
+
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+
+    env.add_filter("tojson", tojson_filter);
+    env.add_filter("string", string_filter);
+    env.add_filter("join", join_filter);
+    env.add_filter("trim", trim_filter);
+
+    env.add_test("sequence", is_sequence);
+    env.add_test("iterable", is_iterable);
+    env.add_test("mapping", is_mapping);
+    env.add_test("integer", is_integer);
+    env.add_test("float", is_float);
+    env
+}
+
+/// `raise_exception(message)`: the template refuses the conversation.
+fn raise_exception(message: Value) -> Result<Value, Error> {
+    let message = py_str(&message);
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(Raised(message)))
+}
+
+/// `strftime_now(format)`: the local time, as Python's `datetime.now().strftime(format)`.
+fn strftime_now(format: &str) -> Result<Value, Error> {
+    let now = jiff::Zoned::now();
+    jiff::fmt::strtime::format(format, &now)
+        .map(Value::from)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("strftime_now: {e}")))
+}
+
+/// `|string`: Python's `str()` (`True`, `None`, `['a']`), not minijinja's `true`/`none`.
+fn string_filter(value: &Value) -> Value {
+    if value.kind() == ValueKind::String {
+        value.clone()
+    } else {
+        Value::from(py_str(value))
+    }
+}
+
+/// `|join(d="", attribute=None)`: items joined with Python's `str()` of each.
+fn join_filter(
+    state: &mut State,
+    value: &Value,
+    joiner: Option<&str>,
+    attribute: Option<&str>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let joiner = match joiner {
+        Some(joiner) => joiner.to_string(),
+        None => kwargs.get::<Option<&str>>("d")?.unwrap_or("").to_string(),
+    };
+    let attribute = match attribute {
+        Some(attribute) => Some(attribute.to_string()),
+        None => kwargs.get::<Option<&str>>("attribute")?.map(String::from),
+    };
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    for (i, item) in value.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(&joiner);
+        }
+        let item = match &attribute {
+            Some(path) => state.apply_filter("attr", &[item, Value::from(path.as_str())])?,
+            None => item,
+        };
+        write_str(&mut out, &item);
+    }
+    Ok(Value::from(out))
+}
+
+/// `|trim(chars=None)`: Python's `str.strip`, with Python's whitespace.
+fn trim_filter(value: &Value, chars: Option<&str>) -> Result<Value, Error> {
+    let text = py_str(value);
+    Ok(Value::from(py_strip(&text, chars, Ends::Both)))
+}
+
+/// `is sequence` in Jinja2 is "has `len()` and `[]`": true for strings and dicts too, and for
+/// Undefined (which defines both).
+fn is_sequence(value: &Value) -> bool {
+    matches!(
+        value.kind(),
+        ValueKind::Seq | ValueKind::String | ValueKind::Map | ValueKind::Undefined
+    )
+}
+
+/// `is iterable` in Jinja2 is "`iter()` works": strings, lists, dicts and Undefined (which
+/// iterates as empty) yes; None, numbers and booleans no.
+fn is_iterable(value: &Value) -> bool {
+    matches!(
+        value.kind(),
+        ValueKind::Seq
+            | ValueKind::String
+            | ValueKind::Map
+            | ValueKind::Iterable
+            | ValueKind::Undefined
+    )
+}
+
+/// `is mapping`: a dict. minijinja's namespaces and loop objects look like maps, Python's don't.
+fn is_mapping(value: &Value) -> bool {
+    value.kind() == ValueKind::Map && value.as_object().is_some_and(|o| o.try_iter_pairs().is_some())
+}
+
+/// `is integer`: Jinja2 excludes booleans.
+fn is_integer(value: &Value) -> bool {
+    value.kind() == ValueKind::Number && value.is_integer()
+}
+
+/// `is float`.
+fn is_float(value: &Value) -> bool {
+    value.kind() == ValueKind::Number && !value.is_integer()
+}
+
+/// Python methods on template values (`str.strip`, `dict.get`, ...). The string methods whose
+/// results depend on Python's whitespace or `str()` rules are implemented here; the rest come
+/// from `minijinja_contrib::pycompat`.
+fn python_method(
+    state: &mut State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        let strip = |ends| -> Result<Value, Error> {
+            let (chars,): (Option<Cow<'_, str>>,) = from_args(args)?;
+            Ok(Value::from(py_strip(s, chars.as_deref(), ends)))
+        };
+        match method {
+            "strip" => return strip(Ends::Both),
+            "lstrip" => return strip(Ends::Left),
+            "rstrip" => return strip(Ends::Right),
+            "split" => {
+                let (sep, maxsplit): (Option<Cow<'_, str>>, Option<i64>) = from_args(args)?;
+                let parts = py_split(s, sep.as_deref(), maxsplit.unwrap_or(-1))
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "empty separator"))?;
+                return Ok(Value::from(parts));
+            }
+            "join" => {
+                let (items,): (&Value,) = from_args(args)?;
+                let mut out = String::new();
+                for (i, item) in items.try_iter()?.enumerate() {
+                    if i > 0 {
+                        out.push_str(s);
+                    }
+                    match item.as_str() {
+                        Some(text) => out.push_str(text),
+                        None => {
+                            return Err(Error::new(
+                                ErrorKind::InvalidOperation,
+                                format!(
+                                    "sequence item {i}: expected str instance, {} found",
+                                    item.kind()
+                                ),
+                            ))
+                        }
+                    }
+                }
+                return Ok(Value::from(out));
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
