@@ -1,8 +1,8 @@
 """The ``ferrotune`` command.
 
-``ferrotune prep pt`` prepares pretraining data. Errors are printed as one plain line naming
-the file, line and field (no traceback) and the exit status is non-zero; ``FERROTUNE_DEBUG=1``
-shows the traceback.
+``ferrotune prep pt`` prepares pretraining data, ``ferrotune prep sft`` conversations. Errors
+are printed as one plain line naming the file, line and field (no traceback) and the exit
+status is non-zero; ``FERROTUNE_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -19,16 +19,8 @@ from ferrotune.errors import FerrotuneError
 __all__ = ["main"]
 
 
-def _add_prep_pt(prep: Any) -> None:
-    parser = prep.add_parser(
-        "pt",
-        help="tokenize a text corpus and pack it into fixed-size pretraining blocks",
-        description=(
-            "Tokenize documents (.txt lines or paragraphs, .jsonl/.json/.parquet text fields), "
-            "append EOS, concatenate and cut into --block-size blocks. Writes Arrow shards that "
-            "datasets.load_from_disk reads, plus manifest.json."
-        ),
-    )
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every prep stage shares."""
     parser.add_argument(
         "--tokenizer",
         required=True,
@@ -42,10 +34,44 @@ def _add_prep_pt(prep: Any) -> None:
         help="files, folders or globs (.txt, .jsonl, .json, .parquet)",
     )
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--block-size", type=int, default=1024, help="tokens per block")
     parser.add_argument(
         "--workers", type=int, default=0, help="tokenizer threads (default: one per core)"
     )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="write bad records to OUT/rejects.jsonl with their reason and go on",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress and no summary, only errors"
+    )
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="split the input between this many independent runs (by record)",
+    )
+    parser.add_argument(
+        "--shard-index", type=int, default=0, help="which of --num-shards this run is (0-based)"
+    )
+    parser.add_argument(
+        "--shard-size", default="500MB", help="close an output shard past this size"
+    )
+
+
+def _add_prep_pt(prep: Any) -> None:
+    parser = prep.add_parser(
+        "pt",
+        help="tokenize a text corpus and pack it into fixed-size pretraining blocks",
+        description=(
+            "Tokenize documents (.txt lines or paragraphs, .jsonl/.json/.parquet text fields), "
+            "append EOS, concatenate and cut into --block-size blocks. Writes Arrow shards that "
+            "datasets.load_from_disk reads, plus manifest.json."
+        ),
+    )
+    _add_common(parser)
+    parser.add_argument("--block-size", type=int, default=1024, help="tokens per block")
     parser.add_argument(
         "--text-field", default="text", help="JSON field or Parquet column with the text"
     )
@@ -73,27 +99,6 @@ def _add_prep_pt(prep: Any) -> None:
         choices=["skip", "error"],
         default="skip",
         help="empty documents: skip and count them, or treat them as bad records",
-    )
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="write bad records to OUT/rejects.jsonl with their reason and go on",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress and no summary, only errors"
-    )
-    parser.add_argument(
-        "--num-shards",
-        type=int,
-        default=1,
-        help="split the input between this many independent runs (by record)",
-    )
-    parser.add_argument(
-        "--shard-index", type=int, default=0, help="which of --num-shards this run is (0-based)"
-    )
-    parser.add_argument(
-        "--shard-size", default="500MB", help="close an output shard past this size"
     )
     parser.add_argument(
         "--format",
@@ -167,6 +172,116 @@ def summarize_pt(manifest: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
+def _add_prep_sft(prep: Any) -> None:
+    parser = prep.add_parser(
+        "sft",
+        help="render conversations with the chat template; labels only on assistant answers",
+        description=(
+            "Render ShareGPT / OpenAI messages / Alpaca records with the tokenizer's chat "
+            "template, tokenize once, and label only the assistant answers (their end-of-turn "
+            "token included); -100 elsewhere. Optionally pack rows best-fit-decreasing."
+        ),
+    )
+    _add_common(parser)
+    parser.add_argument(
+        "--template",
+        default="auto",
+        help="auto (the tokenizer's own), chatml, qwen, llama3, vicuna, alpaca, or FILE.jinja",
+    )
+    parser.add_argument("--system", help="system prompt for conversations that have none")
+    parser.add_argument("--max-length", type=int, default=2048, help="tokens per conversation")
+    parser.add_argument(
+        "--overlong",
+        choices=["truncate", "drop"],
+        default="truncate",
+        help="conversations over --max-length: keep their start, or drop them; counted",
+    )
+    parser.add_argument(
+        "--learn",
+        choices=["all", "last"],
+        default="all",
+        help="learn every assistant turn, or only the last",
+    )
+    parser.add_argument(
+        "--same-role",
+        choices=["reject", "merge"],
+        default="reject",
+        help="two user (or assistant) turns in a row: a bad record, or joined into one",
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        help="record layout: auto, sharegpt, openai, alpaca (default: detected per record)",
+    )
+    parser.add_argument(
+        "--pack", action="store_true", help="pack conversations into --max-length rows"
+    )
+    parser.set_defaults(run=_run_prep_sft)
+
+
+def _run_prep_sft(args: argparse.Namespace) -> int:
+    from ferrotune.data import prep_sft
+
+    manifest = prep_sft(
+        args.tokenizer,
+        args.input,
+        args.out,
+        template=args.template,
+        system=args.system,
+        max_length=args.max_length,
+        overlong=args.overlong,
+        learn=args.learn,
+        same_role=args.same_role,
+        layout=args.format,
+        pack=args.pack,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        shard_size=args.shard_size,
+    )
+    if not args.quiet:
+        print(summarize_sft(manifest, args.out))
+    return 0
+
+
+def _counts_line(manifest: dict[str, Any], out: str) -> str:
+    """``read = written + empty + rejected + dropped``, with the reasons."""
+    counts = manifest["counts"]
+    line = (
+        f"  records  {counts['read']:,} read = {counts['written']:,} written "
+        f"+ {counts['empty']:,} empty + {counts['rejected']:,} rejected"
+    )
+    if counts["rejected"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["rejected_by_reason"].items())
+        line += f" ({reasons}; see {out}/rejects.jsonl)"
+    if counts.get("dropped"):
+        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["dropped_by_reason"].items())
+        line += f" + {counts['dropped']:,} dropped ({reasons})"
+    return line
+
+
+def summarize_sft(manifest: dict[str, Any], out: str) -> str:
+    """What a user checks before training: counts, learned-token share, packing, template."""
+    tokens, info = manifest["tokens"], manifest["stage_info"]
+    template = manifest["template"]
+    masks = "generation blocks" if template["generation_blocks"] else "located answers"
+    lines = [
+        f"wrote {out}: {manifest['rows']:,} rows from {info['conversations']:,} conversations "
+        f"in {len(manifest['shards'])} shard(s)",
+        _counts_line(manifest, out),
+        f"  tokens   {tokens['written']:,}, learned {tokens['labels']:,} "
+        f"({100 * tokens['label_share']:.1f}%); {info['truncated']:,} truncated",
+        f"  template {template['name']} (masks from {masks})",
+    ]
+    if info["packed"]:
+        lines.append(f"  packing  {100 * info['packing_efficiency']:.1f}% of row capacity used")
+    lines.append(f"  time     {manifest['elapsed_seconds']:.2f} s")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrotune",
@@ -177,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser("prep", help="prepare a corpus into Arrow shards")
     stages = prep.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_prep_pt(stages)
+    _add_prep_sft(stages)
     return parser
 
 

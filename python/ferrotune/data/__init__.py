@@ -1,7 +1,8 @@
 """Data preparation and reading: the Python face of the Rust data engine.
 
 ``render_chat_template`` renders a conversation as transformers' ``apply_chat_template`` does.
-``prep_pt`` writes a folder of Arrow shards that ``datasets.load_from_disk`` reads as is;
+``prep_pt`` and ``prep_sft`` write a folder of Arrow shards that ``datasets.load_from_disk``
+reads as is;
 ``ShardDataset`` reads such a folder memory-mapped, as a ``torch.utils.data.Dataset``.
 ``ShardDataset`` is imported on first use, so the CLI's prep commands start without torch.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ferrotune.data.prep import prep_pt
+from ferrotune.data.prep import prep_pt, prep_sft
 from ferrotune.data.template import render_chat_template
 
 if TYPE_CHECKING:
     from ferrotune.data.shards import ShardDataset, read_manifest
 
-__all__ = ["ShardDataset", "prep_pt", "read_manifest", "render_chat_template"]
+__all__ = ["ShardDataset", "prep_pt", "prep_sft", "read_manifest", "render_chat_template"]
 
 
 def __getattr__(name: str) -> Any:

@@ -76,3 +76,61 @@ def prep_pt(
         input_format=input_format,
     )
     return json.loads(manifest)
+
+
+def prep_sft(
+    tokenizer: PathLike,
+    inputs: PathLike | Sequence[PathLike],
+    out: PathLike,
+    *,
+    template: str = "auto",
+    system: str | None = None,
+    max_length: int = 2048,
+    overlong: Literal["truncate", "drop"] = "truncate",
+    learn: Literal["all", "last"] = "all",
+    same_role: Literal["reject", "merge"] = "reject",
+    layout: str | None = None,
+    pack: bool = False,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    quiet: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    shard_size: str | int = "500MB",
+) -> dict[str, Any]:
+    """Renders conversations with the chat template, tokenizes them once, and writes
+    ``input_ids``, ``attention_mask`` and ``labels`` (-100 everywhere but the assistant answers,
+    whose closing end-of-turn token is learned) under ``out``.
+
+    ``inputs`` are ``.jsonl``/``.json`` files of ShareGPT (with tools, function calls and
+    observations), OpenAI ``messages`` or Alpaca records, detected per record (``layout`` forces
+    one). ``template`` is ``auto`` (the tokenizer's own), a built-in (chatml, qwen, llama3,
+    vicuna, alpaca) or a ``.jinja`` file; templates with ``{% generation %}`` blocks give the
+    masks transformers' ``return_assistant_tokens_mask`` gives. ``learn="last"`` learns only the
+    final answer. Conversations longer than ``max_length`` are truncated or dropped
+    (``overlong``); those ending on a user turn or with nothing to learn are dropped; all are
+    counted in the manifest. ``pack`` fills ``max_length`` rows best-fit-decreasing with
+    ``position_ids`` restarting per conversation.
+    """
+    manifest = _native.prep_sft(
+        os.fspath(tokenizer),
+        _as_list(inputs),
+        os.fspath(out),
+        template=os.fspath(template),
+        system=system,
+        max_length=max_length,
+        overlong=overlong,
+        learn=learn,
+        same_role=same_role,
+        layout=layout,
+        pack=pack,
+        workers=workers or 0,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        quiet=quiet,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        shard_size=str(shard_size),
+    )
+    return json.loads(manifest)

@@ -6,16 +6,20 @@
 //! byte-identically to transformers ([`template`]). [`pt::prep_pt`] ties them together
 //! for pretraining data. The Python bindings live in `rust/python`.
 
+pub mod chat;
 pub mod conversation;
 pub mod error;
 pub mod input;
 pub mod manifest;
+pub mod mask;
 pub mod output;
 pub mod pack;
 pub mod pipeline;
 pub mod progress;
 pub mod pt;
 pub mod reader;
+pub mod rows;
+pub mod sft;
 pub mod shard;
 pub mod template;
 pub mod tokenizer;
@@ -23,4 +27,5 @@ pub mod tokenizer;
 pub use error::{CoreError, RecordError, Result};
 pub use pipeline::EmptyPolicy;
 pub use pt::{prep_pt, PtOptions};
+pub use sft::{prep_sft, SftOptions};
 pub use template::{ChatTemplate, RenderOptions, Rendered};

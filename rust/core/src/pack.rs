@@ -190,3 +190,97 @@ mod tests {
         assert!(Packer::new(0).is_err());
     }
 }
+
+/// Best-fit-decreasing packing of variable-length sequences into rows of `capacity` tokens.
+///
+/// Sequences are gathered in windows of `window` sequences (bounded memory, streaming), each
+/// window packed longest first into the fullest row it fits. Rows come out in the order they
+/// were opened, sequences inside a row in the order they were placed: deterministic.
+pub struct BestFit<T> {
+    capacity: usize,
+    window: usize,
+    pending: Vec<(usize, T)>,
+}
+
+impl<T> BestFit<T> {
+    pub fn new(capacity: usize, window: usize) -> BestFit<T> {
+        BestFit {
+            capacity,
+            window: window.max(1),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds a sequence of `len` tokens (at most `capacity`); hands out rows when a window fills.
+    pub fn push(
+        &mut self,
+        len: usize,
+        item: T,
+        sink: &mut dyn FnMut(Vec<T>) -> Result<()>,
+    ) -> Result<()> {
+        debug_assert!(len <= self.capacity);
+        self.pending.push((len, item));
+        if self.pending.len() >= self.window {
+            self.flush(sink)?;
+        }
+        Ok(())
+    }
+
+    /// Packs what is pending.
+    pub fn flush(&mut self, sink: &mut dyn FnMut(Vec<T>) -> Result<()>) -> Result<()> {
+        let mut items: Vec<(usize, Option<T>)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(len, item)| (len, Some(item)))
+            .collect();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| items[b].0.cmp(&items[a].0).then(a.cmp(&b)));
+        let mut bins: Vec<Vec<usize>> = Vec::new();
+        // (room left, bin index): the best fit is the first entry with room >= len.
+        let mut rooms = std::collections::BTreeSet::new();
+        for index in order {
+            let len = items[index].0;
+            let fit = rooms.range((len, 0)..).next().copied();
+            match fit {
+                Some((room, bin)) => {
+                    rooms.remove(&(room, bin));
+                    rooms.insert((room - len, bin));
+                    bins[bin].push(index);
+                }
+                None => {
+                    rooms.insert((self.capacity - len, bins.len()));
+                    bins.push(vec![index]);
+                }
+            }
+        }
+        for bin in bins {
+            let row = bin
+                .into_iter()
+                .map(|i| items[i].1.take().expect("each item is placed once"))
+                .collect();
+            sink(row)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod best_fit_tests {
+    use super::*;
+
+    #[test]
+    fn best_fit_decreasing_fills_rows_and_keeps_every_sequence() {
+        let mut packer = BestFit::new(10, 100);
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        let mut sink = |row: Vec<usize>| {
+            rows.push(row);
+            Ok(())
+        };
+        for (i, len) in [6, 5, 4, 3, 2, 7, 1].into_iter().enumerate() {
+            packer.push(len, i, &mut sink).unwrap();
+        }
+        packer.flush(&mut sink).unwrap();
+        // Longest first: 7 → row0 (3 left), 6 → row1 (4), 5 → row2 (5), 4 → row1 (0),
+        // 3 → row0 (0), 2 → row2 (3), 1 → row2 (2).
+        assert_eq!(rows, vec![vec![5, 3], vec![0, 2], vec![1, 4, 6]]);
+    }
+}

@@ -109,18 +109,33 @@ impl ChatTemplate {
         }
 
         let mut context: Vec<(String, JinjaValue)> = Vec::new();
-        let mut set = |key: &str, value: JinjaValue| match context.iter_mut().find(|(k, _)| k == key)
-        {
-            Some(slot) => slot.1 = value,
-            None => context.push((key.to_string(), value)),
-        };
+        let mut set =
+            |key: &str, value: JinjaValue| match context.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = value,
+                None => context.push((key.to_string(), value)),
+            };
         for (key, value) in options.special_tokens.iter().chain(&options.kwargs) {
             set(key, to_jinja(value));
         }
         set("messages", to_jinja(&messages));
-        set("tools", options.tools.as_ref().map_or(JinjaValue::from(()), to_jinja));
-        set("documents", options.documents.as_ref().map_or(JinjaValue::from(()), to_jinja));
-        set("add_generation_prompt", JinjaValue::from(options.add_generation_prompt));
+        set(
+            "tools",
+            options
+                .tools
+                .as_ref()
+                .map_or(JinjaValue::from(()), to_jinja),
+        );
+        set(
+            "documents",
+            options
+                .documents
+                .as_ref()
+                .map_or(JinjaValue::from(()), to_jinja),
+        );
+        set(
+            "add_generation_prompt",
+            JinjaValue::from(options.add_generation_prompt),
+        );
         let context = JinjaValue::from_pairs(context);
 
         let template = self
@@ -240,8 +255,12 @@ mod tests {
     #[test]
     fn raise_exception_carries_the_template_message_and_name() {
         let source = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user turn!') }}{% endif %}";
-        let err = render(source, json!([{"role": "system", "content": "s"}]), &Default::default())
-            .unwrap_err();
+        let err = render(
+            source,
+            json!([{"role": "system", "content": "s"}]),
+            &Default::default(),
+        )
+        .unwrap_err();
         match &err {
             CoreError::Template { template, message } => {
                 assert_eq!(template, "test.jinja");
@@ -285,7 +304,10 @@ mod tests {
                       {{ 'a b'.split() }}|{{ 's' is sequence }}|{{ none is iterable }}|\
                       {{ undefined_thing is iterable }}|{{ x.get('zz', 'd') }}|{{ [1, 'b']|join('-') }}\n";
         let options = RenderOptions {
-            kwargs: json!({"x": {"b": "<é>", "a": 1e-5}}).as_object().unwrap().clone(),
+            kwargs: json!({"x": {"b": "<é>", "a": 1e-5}})
+                .as_object()
+                .unwrap()
+                .clone(),
             ..Default::default()
         };
         let out = render(source, json!([{"role": "user"}]), &options).unwrap();

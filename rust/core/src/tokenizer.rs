@@ -25,6 +25,10 @@ pub struct SpecialToken {
 pub struct LoadedTokenizer {
     pub tokenizer: Tokenizer,
     pub info: TokenizerInfo,
+    /// `tokenizer_config.json`, when there is one (chat template, special tokens).
+    pub config: Option<Value>,
+    /// The folder holding the tokenizer (for `chat_template.jinja`).
+    pub dir: PathBuf,
 }
 
 /// What the manifest says about the tokenizer, so a later stage can check it uses the same one.
@@ -146,7 +150,98 @@ impl LoadedTokenizer {
             eos_source,
             post_processor_adds_eos,
         };
-        Ok(LoadedTokenizer { tokenizer, info })
+        let dir = info
+            .path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Ok(LoadedTokenizer {
+            tokenizer,
+            info,
+            config,
+            dir,
+        })
+    }
+
+    /// The special tokens `transformers` passes to chat templates (`special_tokens_map`):
+    /// `bos_token`, `eos_token`, ... as strings, and `additional_special_tokens`.
+    pub fn special_tokens_map(&self) -> serde_json::Map<String, Value> {
+        let mut map = serde_json::Map::new();
+        let Some(config) = &self.config else {
+            return map;
+        };
+        for key in [
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "sep_token",
+            "pad_token",
+            "cls_token",
+            "mask_token",
+        ] {
+            if let Some(name) = config.get(key).and_then(token_name) {
+                map.insert(key.to_string(), Value::String(name));
+            }
+        }
+        if let Some(Value::Array(list)) = config.get("additional_special_tokens") {
+            let names: Vec<Value> = list
+                .iter()
+                .filter_map(token_name)
+                .map(Value::String)
+                .collect();
+            map.insert("additional_special_tokens".into(), Value::Array(names));
+        }
+        map
+    }
+
+    /// Every special added token's text, longest first (end-of-turn candidates for masks).
+    pub fn special_token_strings(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .tokenizer
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|token| token.special)
+            .map(|token| token.content)
+            .collect();
+        tokens.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        tokens
+    }
+
+    /// The tokenizer's own chat template: `chat_template` of `tokenizer_config.json` (a string,
+    /// or the `default` of a named list), else a `chat_template.jinja` beside it.
+    pub fn chat_template(&self) -> Result<Option<(String, String)>> {
+        if let Some(value) = self.config.as_ref().and_then(|c| c.get("chat_template")) {
+            match value {
+                Value::String(source) => {
+                    return Ok(Some((source.clone(), "tokenizer_config.json".into())))
+                }
+                Value::Array(named) => {
+                    let default = named.iter().find(|t| t["name"] == "default");
+                    if let Some(source) = default.and_then(|t| t["template"].as_str()) {
+                        return Ok(Some((source.to_string(), "tokenizer_config.json".into())));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let file = self.dir.join("chat_template.jinja");
+        if file.is_file() {
+            let source = std::fs::read_to_string(&file).map_err(|e| CoreError::io(&file, e))?;
+            return Ok(Some((source, file.display().to_string())));
+        }
+        Ok(None)
+    }
+
+    /// Ids and byte offsets of a rendered conversation, encoded once without added special
+    /// tokens (the template already wrote them: no double BOS).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> std::result::Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| e.to_string())?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 
     /// Token ids of one document, with the special tokens `transformers`' `tokenizer(text)` adds.

@@ -10,11 +10,14 @@ use std::sync::Arc;
 use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
+use ferrotune_core::conversation::{Layout, SameRole};
 use ferrotune_core::input::Format;
+use ferrotune_core::mask::Learn;
 use ferrotune_core::pack::LastBlock;
 use ferrotune_core::reader::DocSep;
+use ferrotune_core::sft::Overlong;
 use ferrotune_core::shard::parse_size;
-use ferrotune_core::{ChatTemplate, CoreError, EmptyPolicy, PtOptions, RenderOptions};
+use ferrotune_core::{ChatTemplate, CoreError, EmptyPolicy, PtOptions, RenderOptions, SftOptions};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -177,8 +180,94 @@ fn prep_pt(
 }
 
 /// Parses one JSON argument of `render_chat_template`.
+/// Renders, masks, tokenizes (and optionally packs) conversations for SFT; returns the manifest
+/// as JSON.
+#[pyfunction]
+#[pyo3(signature = (
+    tokenizer, inputs, out, *, template="auto".to_string(), system=None, max_length=2048,
+    overlong="truncate".to_string(), learn="all".to_string(), same_role="reject".to_string(),
+    layout=None, pack=false, workers=0, skip_bad=false, overwrite=false, quiet=true,
+    num_shards=1, shard_index=0, shard_size="500MB".to_string()
+))]
+#[allow(clippy::too_many_arguments)]
+fn prep_sft(
+    py: Python<'_>,
+    tokenizer: std::path::PathBuf,
+    inputs: Vec<String>,
+    out: std::path::PathBuf,
+    template: String,
+    system: Option<String>,
+    max_length: usize,
+    overlong: String,
+    learn: String,
+    same_role: String,
+    layout: Option<String>,
+    pack: bool,
+    workers: usize,
+    skip_bad: bool,
+    overwrite: bool,
+    quiet: bool,
+    num_shards: usize,
+    shard_index: usize,
+    shard_size: String,
+) -> PyResult<String> {
+    let options = (|| -> Result<SftOptions, CoreError> {
+        Ok(SftOptions {
+            template,
+            system,
+            max_length,
+            overlong: Overlong::parse(&overlong)?,
+            learn: match learn.as_str() {
+                "all" => Learn::All,
+                "last" => Learn::Last,
+                other => {
+                    return Err(CoreError::config(
+                        "learn",
+                        format!("'{other}' is not one of all, last"),
+                    ))
+                }
+            },
+            same_role: match same_role.as_str() {
+                "reject" => SameRole::Reject,
+                "merge" => SameRole::Merge,
+                other => {
+                    return Err(CoreError::config(
+                        "same-role",
+                        format!("'{other}' is not one of reject, merge"),
+                    ))
+                }
+            },
+            layout: match layout.as_deref() {
+                None | Some("auto") => None,
+                Some(name) => Some(Layout::parse(name).ok_or_else(|| {
+                    CoreError::config(
+                        "format",
+                        format!(
+                            "'{name}' is not one of auto, {}",
+                            Layout::ALL.map(Layout::name).join(", ")
+                        ),
+                    )
+                })?),
+            },
+            pack,
+            workers,
+            skip_bad,
+            overwrite,
+            quiet,
+            num_shards,
+            shard_index,
+            shard_size: parse_size(&shard_size)?,
+            ..SftOptions::new(tokenizer, inputs, out)
+        })
+    })()
+    .map_err(|e| to_py_err(py, e))?;
+    let manifest = run_interruptible(py, move |cancel| ferrotune_core::prep_sft(&options, cancel))?;
+    Ok(serde_json::to_string(&manifest).expect("the manifest serializes"))
+}
+
 fn parse_json(name: &str, text: &str) -> PyResult<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("{name}: invalid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| PyValueError::new_err(format!("{name}: invalid JSON: {e}")))
 }
 
 /// Parses an optional JSON object argument (special tokens, kwargs).
@@ -189,14 +278,19 @@ fn parse_json_object(
     match text.map(|t| parse_json(name, t)).transpose()? {
         None => Ok(Default::default()),
         Some(serde_json::Value::Object(map)) => Ok(map),
-        Some(_) => Err(PyValueError::new_err(format!("{name}: expected a JSON object"))),
+        Some(_) => Err(PyValueError::new_err(format!(
+            "{name}: expected a JSON object"
+        ))),
     }
 }
 
 /// Byte offsets (ascending or not) into `text` as character offsets, as Python indexes `str`.
 fn char_offsets(text: &str, spans: &[(usize, usize)]) -> Vec<(usize, usize)> {
     let to_char = |byte: usize| text[..byte].chars().count();
-    spans.iter().map(|&(s, e)| (to_char(s), to_char(e))).collect()
+    spans
+        .iter()
+        .map(|&(s, e)| (to_char(s), to_char(e)))
+        .collect()
 }
 
 /// Renders a conversation with a chat template as `apply_chat_template(tokenize=False)` does;
@@ -220,8 +314,12 @@ fn render_chat_template(
 ) -> PyResult<(String, Vec<(usize, usize)>)> {
     let messages = parse_json("messages_json", messages_json)?;
     let options = RenderOptions {
-        tools: tools_json.map(|t| parse_json("tools_json", t)).transpose()?,
-        documents: documents_json.map(|t| parse_json("documents_json", t)).transpose()?,
+        tools: tools_json
+            .map(|t| parse_json("tools_json", t))
+            .transpose()?,
+        documents: documents_json
+            .map(|t| parse_json("documents_json", t))
+            .transpose()?,
         add_generation_prompt,
         special_tokens: parse_json_object("special_tokens_json", special_tokens_json)?,
         kwargs: parse_json_object("kwargs_json", kwargs_json)?,
@@ -237,6 +335,7 @@ fn render_chat_template(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
+    m.add_function(wrap_pyfunction!(prep_sft, m)?)?;
     m.add_function(wrap_pyfunction!(render_chat_template, m)?)?;
     Ok(())
 }

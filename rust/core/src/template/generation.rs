@@ -50,7 +50,9 @@ pub fn rewrite(source: &str) -> (String, bool) {
             };
             if let Some(marker) = marker {
                 found = true;
-                out.push_str(&format!("{{%{left} if true %}}{marker}{{% endif {right}%}}"));
+                out.push_str(&format!(
+                    "{{%{left} if true %}}{marker}{{% endif {right}%}}"
+                ));
                 continue;
             }
         }
