@@ -89,7 +89,7 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
             {"role": "user", "content": "Another one?"},
             {"role": "assistant", "content": "Red.\n\nAnd green."},
             {"role": "user", "content": "  And a third, with spaces?  "},
-            {"role": "assistant", "content": "Yellow — \"quoted\" & <tagged>."},
+            {"role": "assistant", "content": 'Yellow — "quoted" & <tagged>.'},
         ]
     },
     "chinese": {
@@ -119,7 +119,7 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
                                 "metric": True,
                                 "threshold": 0.5,
                                 "tags": ["a", "b"],
-                                "filters": {"min": -1.5e-5, "note": "it's <ok> & \"fine\""},
+                                "filters": {"min": -1.5e-5, "note": 'it\'s <ok> & "fine"'},
                                 "unset": None,
                             },
                         },
