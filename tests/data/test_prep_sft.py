@@ -5,6 +5,7 @@ independent references: transformers' ``return_assistant_tokens_mask`` where the
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -91,7 +92,9 @@ def test_generation_block_masks_equal_transformers(qwen_tokenizer, hf_qwen, sft_
             return_assistant_tokens_mask=True,
         )
         assert row["input_ids"] == hf["input_ids"]
-        expected = [t if m else -100 for t, m in zip(hf["input_ids"], hf["assistant_masks"])]
+        expected = [
+            t if m else -100 for t, m in zip(hf["input_ids"], hf["assistant_masks"], strict=True)
+        ]
         assert row["labels"] == expected
         assert row["attention_mask"] == [1] * len(row["input_ids"])
 
@@ -153,7 +156,7 @@ def test_packed_rows_unpack_into_the_unpacked_examples(qwen_tokenizer, sft_files
     for row in read_rows(tmp_path / "packed"):
         assert len(row["input_ids"]) <= 1024
         starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
-        for a, b in zip(starts, starts[1:]):
+        for a, b in itertools.pairwise(starts):
             assert row["position_ids"][a:b] == list(range(b - a))
             unpacked.append((tuple(row["input_ids"][a:b]), tuple(row["labels"][a:b])))
     assert sorted(unpacked) == examples
