@@ -25,7 +25,6 @@ def prep_pt(
     shard_size: str = "500MB",
     input_format: str | None = None,
 ) -> str: ...
-
 def render_chat_template(
     template: str,
     messages_json: str,

@@ -178,7 +178,8 @@ fn prep_pt(
 
 /// Parses one JSON argument of `render_chat_template`.
 fn parse_json(name: &str, text: &str) -> PyResult<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("{name}: invalid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| PyValueError::new_err(format!("{name}: invalid JSON: {e}")))
 }
 
 /// Parses an optional JSON object argument (special tokens, kwargs).
@@ -189,14 +190,19 @@ fn parse_json_object(
     match text.map(|t| parse_json(name, t)).transpose()? {
         None => Ok(Default::default()),
         Some(serde_json::Value::Object(map)) => Ok(map),
-        Some(_) => Err(PyValueError::new_err(format!("{name}: expected a JSON object"))),
+        Some(_) => Err(PyValueError::new_err(format!(
+            "{name}: expected a JSON object"
+        ))),
     }
 }
 
 /// Byte offsets (ascending or not) into `text` as character offsets, as Python indexes `str`.
 fn char_offsets(text: &str, spans: &[(usize, usize)]) -> Vec<(usize, usize)> {
     let to_char = |byte: usize| text[..byte].chars().count();
-    spans.iter().map(|&(s, e)| (to_char(s), to_char(e))).collect()
+    spans
+        .iter()
+        .map(|&(s, e)| (to_char(s), to_char(e)))
+        .collect()
 }
 
 /// Renders a conversation with a chat template as `apply_chat_template(tokenize=False)` does;
@@ -220,8 +226,12 @@ fn render_chat_template(
 ) -> PyResult<(String, Vec<(usize, usize)>)> {
     let messages = parse_json("messages_json", messages_json)?;
     let options = RenderOptions {
-        tools: tools_json.map(|t| parse_json("tools_json", t)).transpose()?,
-        documents: documents_json.map(|t| parse_json("documents_json", t)).transpose()?,
+        tools: tools_json
+            .map(|t| parse_json("tools_json", t))
+            .transpose()?,
+        documents: documents_json
+            .map(|t| parse_json("documents_json", t))
+            .transpose()?,
         add_generation_prompt,
         special_tokens: parse_json_object("special_tokens_json", special_tokens_json)?,
         kwargs: parse_json_object("kwargs_json", kwargs_json)?,

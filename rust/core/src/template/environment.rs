@@ -151,7 +151,10 @@ fn is_iterable(value: &Value) -> bool {
 
 /// `is mapping`: a dict. minijinja's namespaces and loop objects look like maps, Python's don't.
 fn is_mapping(value: &Value) -> bool {
-    value.kind() == ValueKind::Map && value.as_object().is_some_and(|o| o.try_iter_pairs().is_some())
+    value.kind() == ValueKind::Map
+        && value
+            .as_object()
+            .is_some_and(|o| o.try_iter_pairs().is_some())
 }
 
 /// `is integer`: Jinja2 excludes booleans.

@@ -21,7 +21,11 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 pub fn prepare(messages: &Value) -> Result<Value, String> {
     let list = match messages {
         Value::Array(list) => list,
-        other => return Err(format!("Chat messages should be a list of dicts, but got {other}.")),
+        other => {
+            return Err(format!(
+                "Chat messages should be a list of dicts, but got {other}."
+            ))
+        }
     };
     if list.is_empty() {
         return Err(
@@ -84,16 +88,32 @@ mod tests {
             prepared[i].as_object().unwrap().keys().cloned().collect()
         };
         assert_eq!(keys(0), ["role", "content"]);
-        assert_eq!(keys(1), ["thinking", "role", "content", "reasoning", "reasoning_content"]);
+        assert_eq!(
+            keys(1),
+            [
+                "thinking",
+                "role",
+                "content",
+                "reasoning",
+                "reasoning_content"
+            ]
+        );
         assert_eq!(prepared[1]["thinking"], "r");
-        assert_eq!(keys(2), ["thinking", "role", "reasoning_content", "content"]);
+        assert_eq!(
+            keys(2),
+            ["thinking", "role", "reasoning_content", "content"]
+        );
         assert_eq!(prepared[2]["thinking"], "t");
         assert_eq!(prepared[2]["reasoning_content"], "x");
     }
 
     #[test]
     fn refuses_what_transformers_refuses() {
-        assert!(prepare(&json!([])).unwrap_err().contains("empty conversation"));
-        assert!(prepare(&json!(["hi"])).unwrap_err().contains("should be dicts"));
+        assert!(prepare(&json!([]))
+            .unwrap_err()
+            .contains("empty conversation"));
+        assert!(prepare(&json!(["hi"]))
+            .unwrap_err()
+            .contains("should be dicts"));
     }
 }

@@ -41,7 +41,13 @@ impl Default for DumpOptions {
 /// positionally in that order too (as transformers' Python signature allows).
 pub fn tojson_filter(value: &Value, args: Rest<ValueOrKwargs>) -> Result<Value, Error> {
     // minijinja functions take at most five parameters: unpack the rest by hand.
-    type Args = (Option<Value>, Option<Value>, Option<Value>, Option<Value>, Kwargs);
+    type Args = (
+        Option<Value>,
+        Option<Value>,
+        Option<Value>,
+        Option<Value>,
+        Kwargs,
+    );
     let (ensure_ascii, indent, separators, sort_keys, kwargs): Args =
         from_args(&args.into_values())?;
     let pick = |positional: Option<Value>, name: &str| -> Result<Option<Value>, Error> {
@@ -125,7 +131,12 @@ fn newline_indent(out: &mut String, options: &DumpOptions, level: usize) {
     }
 }
 
-fn encode(out: &mut String, value: &Value, options: &DumpOptions, level: usize) -> Result<(), Error> {
+fn encode(
+    out: &mut String,
+    value: &Value,
+    options: &DumpOptions,
+    level: usize,
+) -> Result<(), Error> {
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -292,8 +303,14 @@ mod tests {
             env.render_str(src, minijinja::context! { x }).unwrap()
         };
         assert_eq!(render("{{ x|tojson }}"), r#"{"k": "ü", "n": [1]}"#);
-        assert_eq!(render("{{ x|tojson(indent=1) }}"), "{\n \"k\": \"ü\",\n \"n\": [\n  1\n ]\n}");
-        assert_eq!(render("{{ x|tojson(true) }}"), r#"{"k": "\u00fc", "n": [1]}"#);
+        assert_eq!(
+            render("{{ x|tojson(indent=1) }}"),
+            "{\n \"k\": \"ü\",\n \"n\": [\n  1\n ]\n}"
+        );
+        assert_eq!(
+            render("{{ x|tojson(true) }}"),
+            r#"{"k": "\u00fc", "n": [1]}"#
+        );
         assert_eq!(
             render("{{ x|tojson(separators=(',', ':'), sort_keys=true) }}"),
             r#"{"k":"ü","n":[1]}"#

@@ -74,7 +74,9 @@ pub fn write_repr(out: &mut String, value: &Value) {
 /// Whether a map value is a plain dict (JSON data, `dict(...)`, a dict literal) rather than
 /// an engine object that merely looks like a map (a namespace, the loop variable).
 fn is_plain_map(value: &Value) -> bool {
-    value.as_object().is_some_and(|o| o.try_iter_pairs().is_some())
+    value
+        .as_object()
+        .is_some_and(|o| o.try_iter_pairs().is_some())
 }
 
 /// Integers print as digits; floats as Python's `repr(float)`.
@@ -202,7 +204,10 @@ fn is_py_printable(c: char) -> bool {
 pub fn is_py_space(c: char) -> bool {
     matches!(c, '\t'..='\r' | '\x1c'..='\x1f' | ' ' | '\u{85}' | '\u{a0}' | '\u{1680}')
         || ('\u{2000}'..='\u{200a}').contains(&c)
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
+        )
 }
 
 /// Which ends `py_strip` strips.
@@ -304,7 +309,10 @@ mod tests {
         assert_eq!(py_strip(" a ", None, Ends::Right), " a");
         assert_eq!(py_split(" a  b\x1cc ", None, -1).unwrap(), ["a", "b", "c"]);
         assert_eq!(py_split("a b c", None, 1).unwrap(), ["a", "b c"]);
-        assert_eq!(py_split("a,b,,c", Some(","), -1).unwrap(), ["a", "b", "", "c"]);
+        assert_eq!(
+            py_split("a,b,,c", Some(","), -1).unwrap(),
+            ["a", "b", "", "c"]
+        );
         assert_eq!(py_split("a,b,c", Some(","), 1).unwrap(), ["a", "b,c"]);
         assert!(py_split("abc", Some(""), -1).is_none());
     }
