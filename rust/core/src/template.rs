@@ -17,6 +17,8 @@ mod messages;
 mod pyjson;
 mod pystr;
 
+use std::collections::BTreeMap;
+
 use minijinja::Value as JinjaValue;
 use serde_json::{Map, Value};
 
@@ -57,6 +59,9 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     name: String,
     has_generation: bool,
+    /// The name of the template without generation markers, when the environment holds it:
+    /// rendered as the authoritative text where markers could change what the template prints.
+    plain_name: Option<String>,
 }
 
 /// The variable names transformers sets itself; a kwarg of the same name is a Python
@@ -67,14 +72,24 @@ impl ChatTemplate {
     /// Compiles `source`. `name` (a file name, `tokenizer_config.json`, a built-in name) is only
     /// used in error messages.
     pub fn new(source: &str, name: &str) -> Result<ChatTemplate> {
-        let (source, has_generation) = generation::rewrite(source);
+        let source = normalize_newlines(source);
+        let rewrite = generation::rewrite(&source);
         let mut env = environment::new_environment();
-        env.add_template_owned(name.to_string(), source)
+        env.add_template_owned(name.to_string(), rewrite.marked)
             .map_err(|e| template_error(name, &e))?;
+        let plain_name = rewrite
+            .plain
+            .is_some()
+            .then(|| format!("{name} (unmarked)"));
+        if let (Some(plain_name), Some(plain)) = (&plain_name, rewrite.plain) {
+            env.add_template_owned(plain_name.clone(), plain)
+                .map_err(|e| template_error(name, &e))?;
+        }
         Ok(ChatTemplate {
             env,
             name: name.to_string(),
-            has_generation,
+            has_generation: rewrite.has_generation,
+            plain_name,
         })
     }
 
@@ -108,43 +123,8 @@ impl ChatTemplate {
             ));
         }
 
-        let mut context: Vec<(String, JinjaValue)> = Vec::new();
-        let mut set =
-            |key: &str, value: JinjaValue| match context.iter_mut().find(|(k, _)| k == key) {
-                Some(slot) => slot.1 = value,
-                None => context.push((key.to_string(), value)),
-            };
-        for (key, value) in options.special_tokens.iter().chain(&options.kwargs) {
-            set(key, to_jinja(value));
-        }
-        set("messages", to_jinja(&messages));
-        set(
-            "tools",
-            options
-                .tools
-                .as_ref()
-                .map_or(JinjaValue::from(()), to_jinja),
-        );
-        set(
-            "documents",
-            options
-                .documents
-                .as_ref()
-                .map_or(JinjaValue::from(()), to_jinja),
-        );
-        set(
-            "add_generation_prompt",
-            JinjaValue::from(options.add_generation_prompt),
-        );
-        let context = JinjaValue::from_pairs(context);
-
-        let template = self
-            .env
-            .get_template(&self.name)
-            .map_err(|e| template_error(&self.name, &e))?;
-        let rendered = template
-            .render(context)
-            .map_err(|e| template_error(&self.name, &e))?;
+        let context = context(&messages, options);
+        let rendered = self.render_named(&self.name, &context)?;
         if !self.has_generation {
             return Ok(Rendered {
                 text: rendered,
@@ -152,10 +132,30 @@ impl ChatTemplate {
             });
         }
         let (text, generation_spans) = generation::extract_spans(&rendered).map_err(error)?;
+        if let Some(plain) = &self.plain_name {
+            if self.render_named(plain, &context)? != text {
+                return Err(error(
+                    "a {% generation %} block inside a {% set %} block, macro, {% call %} or \
+                     {% filter %} is printed transformed (e.g. trimmed), so its span in the \
+                     rendering cannot be located"
+                        .into(),
+                ));
+            }
+        }
         Ok(Rendered {
             text,
             generation_spans,
         })
+    }
+
+    fn render_named(&self, name: &str, context: &JinjaValue) -> Result<String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| template_error(&self.name, &e))?;
+        template
+            .render(context)
+            .map_err(|e| template_error(&self.name, &e))
     }
 
     fn inputs_contain_marker(&self, messages: &Value, options: &RenderOptions) -> bool {
@@ -165,6 +165,38 @@ impl ChatTemplate {
             .chain(options.special_tokens.values())
             .chain(options.kwargs.values());
         values.into_iter().any(json_contains_marker)
+    }
+}
+
+/// The template variables, as transformers passes them: the special tokens, overridden by the
+/// kwargs, and `messages`, `tools`, `documents`, `add_generation_prompt` (absent ones `none`).
+fn context(messages: &Value, options: &RenderOptions) -> JinjaValue {
+    let none = || JinjaValue::from(());
+    let mut vars: BTreeMap<&str, JinjaValue> = (options.special_tokens.iter())
+        .chain(&options.kwargs)
+        .map(|(key, value)| (key.as_str(), to_jinja(value)))
+        .collect();
+    vars.insert("messages", to_jinja(messages));
+    vars.insert("tools", options.tools.as_ref().map_or_else(none, to_jinja));
+    vars.insert(
+        "documents",
+        options.documents.as_ref().map_or_else(none, to_jinja),
+    );
+    vars.insert(
+        "add_generation_prompt",
+        options.add_generation_prompt.into(),
+    );
+    JinjaValue::from_pairs(vars)
+}
+
+/// Jinja2 reads every `\r\n` and lone `\r` of a template as `\n` (its lexer splits the
+/// source on all three and joins with `\n`), so a template saved with Windows line endings
+/// renders `\n`; minijinja keeps them verbatim.
+fn normalize_newlines(source: &str) -> std::borrow::Cow<'_, str> {
+    if source.contains('\r') {
+        source.replace("\r\n", "\n").replace('\r', "\n").into()
+    } else {
+        source.into()
     }
 }
 
@@ -296,6 +328,27 @@ mod tests {
         };
         let out = render(source, json!([{"role": "user", "content": "x"}]), &options).unwrap();
         assert_eq!(out.text, "<s>|True|True|False|<eos>|1");
+    }
+
+    #[test]
+    fn generation_inside_a_set_block() {
+        // Jinja2 prints "AB--inside"; transformers reports the span (2, 8), where the block
+        // was evaluated, not where its text was printed.
+        let source = "AB{% set x %}{% generation %}inside{% endgeneration %}{% endset %}--{{ x }}";
+        let out = render(source, json!([{}]), &Default::default()).unwrap();
+        assert_eq!(out.text, "AB--inside");
+        assert_eq!(out.generation_spans, [(4, 10)]);
+        // Trimming the captured text would strip spaces that the markers shield.
+        let source = "AB{% set x %}{% generation %} in {% endgeneration %}{% endset %}{{ x|trim }}";
+        let err = render(source, json!([{}]), &Default::default()).unwrap_err();
+        assert!(err.to_string().contains("cannot be located"), "{err}");
+    }
+
+    #[test]
+    fn windows_line_endings_render_as_in_jinja2() {
+        let source = "a\r\nb{{ messages[0].content }}\r\n{% if true %}\r\nc\r\n{% endif %}\r\n";
+        let out = render(source, json!([{"content": "x"}]), &Default::default()).unwrap();
+        assert_eq!(out.text, "a\nbx\nc\n");
     }
 
     #[test]

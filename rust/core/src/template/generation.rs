@@ -16,6 +16,13 @@
 //! The markers are the Unicode noncharacters U+FDD0 and U+FDD1, "permanently reserved for
 //! internal use": they are never in tokenizer vocabularies or real text. A record that does
 //! contain one is refused rather than given wrong spans ([`contains_marker`]).
+//!
+//! Markers written straight to the output cannot change anything else: templates cannot read
+//! their own output. They can read *captured* output, though — a `{% set x %}` block, a macro's
+//! return value, a `{% filter %}` or `{% call %}` body — and `x|trim` does not strip spaces
+//! that a marker shields. So when a generation tag sits inside such a construct, the renderer
+//! also renders the template without markers ([`Rewrite::plain`]) as the authoritative text,
+//! and uses the spans only if the marked rendering, markers removed, is the same text.
 
 use std::ops::Range;
 
@@ -24,42 +31,114 @@ pub const START: char = '\u{FDD0}';
 /// Printed where a generation block ends.
 pub const END: char = '\u{FDD1}';
 
-/// The template source with every generation tag replaced, and whether there was any.
-pub fn rewrite(source: &str) -> (String, bool) {
-    let mut out = String::with_capacity(source.len() + 64);
-    let mut found = false;
+/// A template source with its generation tags rewritten.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// Each generation tag replaced by an `if` block printing a marker.
+    pub marked: String,
+    /// Each generation tag replaced by an empty `if` block (same whitespace, no output); only
+    /// when a generation tag sits inside a capturing block (see the module docs).
+    pub plain: Option<String>,
+    /// Whether the source has any generation tag.
+    pub has_generation: bool,
+}
+
+/// Rewrites the generation tags of `source`; see the module docs.
+pub fn rewrite(source: &str) -> Rewrite {
+    let mut marked = String::with_capacity(source.len() + 64);
+    let mut plain = String::with_capacity(source.len() + 64);
+    let mut has_generation = false;
+    let mut captured = false;
+    // Open blocks whose output the template can capture (set/macro/call/filter).
+    let mut capture_depth = 0usize;
     let mut pos = 0;
     while let Some(tag) = next_tag(source, pos) {
-        out.push_str(&source[pos..tag.start]);
+        marked.push_str(&source[pos..tag.start]);
+        plain.push_str(&source[pos..tag.start]);
         let text = &source[tag.clone()];
         pos = tag.end;
         if let Some(block) = text.strip_prefix("{%").and_then(|t| t.strip_suffix("%}")) {
             let (left, body, right) = split_modifiers(block);
-            let marker = match body.trim() {
-                "generation" => Some(START),
-                "endgeneration" => Some(END),
-                "raw" => {
+            let body = body.trim();
+            let keyword = body
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next();
+            let marker = match keyword.unwrap_or("") {
+                "generation" if body == "generation" => Some(START),
+                "endgeneration" if body == "endgeneration" => Some(END),
+                "raw" if body == "raw" => {
                     // Copy a raw block verbatim: a generation tag inside it is text.
                     let end = find_endraw(source, pos).unwrap_or(source.len());
-                    out.push_str(text);
-                    out.push_str(&source[pos..end]);
+                    for out in [&mut marked, &mut plain] {
+                        out.push_str(text);
+                        out.push_str(&source[pos..end]);
+                    }
                     pos = end;
                     continue;
+                }
+                "macro" | "call" | "filter" => {
+                    capture_depth += 1;
+                    None
+                }
+                "set" if is_block_set(body) => {
+                    capture_depth += 1;
+                    None
+                }
+                "endmacro" | "endcall" | "endfilter" | "endset" => {
+                    capture_depth = capture_depth.saturating_sub(1);
+                    None
                 }
                 _ => None,
             };
             if let Some(marker) = marker {
-                found = true;
-                out.push_str(&format!(
+                has_generation = true;
+                captured |= capture_depth > 0;
+                marked.push_str(&format!(
                     "{{%{left} if true %}}{marker}{{% endif {right}%}}"
                 ));
+                plain.push_str(&format!("{{%{left} if true %}}{{% endif {right}%}}"));
                 continue;
             }
         }
-        out.push_str(text);
+        marked.push_str(text);
+        plain.push_str(text);
     }
-    out.push_str(&source[pos..]);
-    (out, found)
+    marked.push_str(&source[pos..]);
+    plain.push_str(&source[pos..]);
+    Rewrite {
+        marked,
+        plain: captured.then_some(plain),
+        has_generation,
+    }
+}
+
+/// Whether a `set` tag's body opens a block (`set x`, `set x | trim`) rather than assigning
+/// (`set x = 1`): it has no `=` outside string literals other than in `==`, `!=`, `<=`, `>=`.
+fn is_block_set(body: &str) -> bool {
+    let bytes = body.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'"' || b == b'\'' => quote = Some(b),
+            None if b == b'=' => {
+                let prev = i.checked_sub(1).map(|j| bytes[j]);
+                let next = bytes.get(i + 1).copied();
+                let comparison =
+                    matches!(prev, Some(b'=' | b'!' | b'<' | b'>')) || next == Some(b'=');
+                if !comparison {
+                    return false;
+                }
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Splits a block tag's inside (between `{%` and `%}`) into its whitespace modifiers and body.
@@ -169,10 +248,11 @@ mod tests {
 
     #[test]
     fn rewrites_tags_with_their_modifiers() {
-        let (out, found) = rewrite("a{%- generation %}b{% endgeneration -%}c{%+generation+%}");
-        assert!(found);
+        let out = rewrite("a{%- generation %}b{% endgeneration -%}c{%+generation+%}");
+        assert!(out.has_generation);
+        assert!(out.plain.is_none());
         assert_eq!(
-            out,
+            out.marked,
             "a{%- if true %}\u{FDD0}{% endif %}b{% if true %}\u{FDD1}{% endif -%}c\
              {%+ if true %}\u{FDD0}{% endif +%}"
         );
@@ -187,11 +267,56 @@ mod tests {
             "{% set x = '%}{% generation %}' %}",
             "{% generations %}",
         ] {
-            assert_eq!(rewrite(source), (source.to_string(), false), "{source}");
+            let out = rewrite(source);
+            assert_eq!(
+                (out.marked.as_str(), out.has_generation),
+                (source, false),
+                "{source}"
+            );
         }
-        let (out, found) = rewrite("{% raw %}x{% endraw %}{% generation %}");
-        assert!(found);
-        assert!(out.ends_with("{% if true %}\u{FDD0}{% endif %}"));
+        let out = rewrite("{% raw %}x{% endraw %}{% generation %}");
+        assert!(out.has_generation);
+        assert!(out.marked.ends_with("{% if true %}\u{FDD0}{% endif %}"));
+    }
+
+    #[test]
+    fn notices_generation_inside_captured_output() {
+        for (source, captured) in [
+            (
+                "{% set x %}{% generation %}a{% endgeneration %}{% endset %}{{ x }}",
+                true,
+            ),
+            (
+                "{% set x | trim %}{% generation %}a{% endgeneration %}{% endset %}",
+                true,
+            ),
+            (
+                "{% macro m() %}{% generation %}a{% endgeneration %}{% endmacro %}",
+                true,
+            ),
+            (
+                "{% filter upper %}{% generation %}a{% endgeneration %}{% endfilter %}",
+                true,
+            ),
+            ("{% set x = 1 %}{% generation %}a{% endgeneration %}", false),
+            (
+                "{% set x = a == '=' %}{% generation %}a{% endgeneration %}",
+                false,
+            ),
+            (
+                "{% set x %}{% endset %}{% generation %}a{% endgeneration %}",
+                false,
+            ),
+        ] {
+            let out = rewrite(source);
+            assert_eq!(out.plain.is_some(), captured, "{source}");
+            if let Some(plain) = out.plain {
+                assert!(!plain.contains([START, END]));
+            }
+        }
+        assert!(is_block_set("set x"));
+        assert!(is_block_set("set x | replace('=', '')"));
+        assert!(!is_block_set("set ns.x = y <= 2"));
     }
 
     #[test]
@@ -215,7 +340,8 @@ mod tests {
             .build()
             .unwrap();
         env.set_syntax(syntax);
-        let cases: [(&str, &str, &[(usize, usize)]); 5] = [
+        type Case = (&'static str, &'static str, &'static [(usize, usize)]);
+        let cases: [Case; 5] = [
             (
                 "a\n  {% generation %}\n  x\n  {% endgeneration %}\nb",
                 "a\n  x\nb",
@@ -239,8 +365,7 @@ mod tests {
             ),
         ];
         for (source, want_text, want_spans) in cases {
-            let (rewritten, _) = rewrite(source);
-            let rendered = env.render_str(&rewritten, ()).unwrap();
+            let rendered = env.render_str(&rewrite(source).marked, ()).unwrap();
             let (text, spans) = extract_spans(&rendered).unwrap();
             assert_eq!(text, want_text, "{source:?}");
             assert_eq!(spans, want_spans, "{source:?}");
