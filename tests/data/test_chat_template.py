@@ -47,7 +47,7 @@ BOS_TOKENS = {
     "diffusion_gemma": "<bos>",
     "cohere": "<BOS_TOKEN>",
     "phi": "<s>",
-    "deepseek": "<｜begin▁of▁sentence｜>",  # noqa: RUF001 (DeepSeek's real token)
+    "deepseek": "<｜begin▁of▁sentence｜>",
     "idefics": "<s>",
     "llava": "<s>",
     "smolvlm": "<|im_start|>",
@@ -94,9 +94,9 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
     },
     "chinese": {
         "messages": [
-            {"role": "user", "content": "你好，请介绍一下北京。"},  # noqa: RUF001
-            {"role": "assistant", "content": "北京是中国的首都，有三千多年的历史。"},  # noqa: RUF001
-            {"role": "user", "content": "谢谢！"},  # noqa: RUF001
+            {"role": "user", "content": "你好，请介绍一下北京。"},
+            {"role": "assistant", "content": "北京是中国的首都，有三千多年的历史。"},
+            {"role": "user", "content": "谢谢！"},
         ]
     },
     "tools": {
@@ -180,7 +180,7 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
             {"role": "user", "content": "What is 17 * 3?"},
             {
                 "role": "assistant",
-                "content": "<think>\n17 * 3 = 51.\n</think>\n\n17 × 3 = 51.",  # noqa: RUF001
+                "content": "<think>\n17 * 3 = 51.\n</think>\n\n17 × 3 = 51.",
             },
             {"role": "user", "content": "And 17 * 4?"},
             {

@@ -21,6 +21,9 @@ pub struct SpecialToken {
     pub id: u32,
 }
 
+/// Token ids and their byte offsets `(start, end)` in the encoded text.
+pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer ready to encode, with the facts the manifest records.
 pub struct LoadedTokenizer {
     pub tokenizer: Tokenizer,
@@ -233,10 +236,7 @@ impl LoadedTokenizer {
 
     /// Ids and byte offsets of a rendered conversation, encoded once without added special
     /// tokens (the template already wrote them: no double BOS).
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> std::result::Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+    pub fn encode_with_offsets(&self, text: &str) -> std::result::Result<IdsAndOffsets, String> {
         let encoding = self
             .tokenizer
             .encode(text, false)
