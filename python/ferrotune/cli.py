@@ -60,6 +60,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of the options `_add_common` defines, as keyword arguments."""
+    return {
+        "workers": args.workers,
+        "skip_bad": args.skip_bad,
+        "overwrite": args.overwrite,
+        "quiet": args.quiet,
+        "num_shards": args.num_shards,
+        "shard_index": args.shard_index,
+        "shard_size": args.shard_size,
+    }
+
+
 def _add_prep_pt(prep: Any) -> None:
     parser = prep.add_parser(
         "pt",
@@ -116,20 +129,14 @@ def _run_prep_pt(args: argparse.Namespace) -> int:
         args.input,
         args.out,
         block_size=args.block_size,
-        workers=args.workers,
         text_field=args.text_field,
         doc_sep=args.doc_sep,
         last_block=args.last_block,
         eos=args.eos,
         eos_token=args.eos_token,
         empty=args.empty,
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        shard_size=args.shard_size,
         input_format=args.format,
+        **_common_kwargs(args),
     )
     if not args.quiet:
         print(summarize_pt(manifest, args.out))
@@ -149,17 +156,12 @@ def summarize_pt(manifest: dict[str, Any], out: str) -> str:
         tail = f"last partial block dropped ({last['tokens']:,} tokens)"
     else:
         tail = "no partial block"
-    rejected = ""
-    if counts["rejected"]:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["rejected_by_reason"].items())
-        rejected = f" ({reasons}; see {out}/rejects.jsonl)"
     elapsed = manifest["elapsed_seconds"]
     rate = tokens["documents"] / max(elapsed, 1e-9)
     lines = [
         f"wrote {out}: {manifest['rows']:,} blocks of {info['block_size']:,} tokens "
         f"in {len(shards)} shard(s), {size / 1e6:.1f} MB",
-        f"  records  {counts['read']:,} read = {counts['written']:,} written "
-        f"+ {counts['empty']:,} empty + {counts['rejected']:,} rejected{rejected}",
+        _counts_line(manifest, out),
         f"  tokens   {tokens['documents']:,} from documents, {tokens['written']:,} in blocks; "
         f"{tail}",
         f"  time     {elapsed:.2f} s, {rate / 1e6:.2f} M tokens/s "
@@ -234,13 +236,7 @@ def _run_prep_sft(args: argparse.Namespace) -> int:
         same_role=args.same_role,
         layout=args.format,
         pack=args.pack,
-        workers=args.workers,
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        shard_size=args.shard_size,
+        **_common_kwargs(args),
     )
     if not args.quiet:
         print(summarize_sft(manifest, args.out))

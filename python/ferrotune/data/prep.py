@@ -83,7 +83,7 @@ def prep_sft(
     inputs: PathLike | Sequence[PathLike],
     out: PathLike,
     *,
-    template: str = "auto",
+    template: PathLike = "auto",
     system: str | None = None,
     max_length: int = 2048,
     overlong: Literal["truncate", "drop"] = "truncate",

@@ -61,6 +61,20 @@ impl Layout {
         Layout::ALL.into_iter().find(|layout| layout.name() == name)
     }
 
+    /// Parses `--format`: `auto` (detect per record) or a layout name.
+    pub fn parse_option(name: &str) -> crate::error::Result<Option<Layout>> {
+        if name == "auto" {
+            return Ok(None);
+        }
+        Layout::parse(name).map(Some).ok_or_else(|| {
+            let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
+            crate::error::CoreError::config(
+                "format",
+                format!("'{name}' is not one of auto, {}", names.join(", ")),
+            )
+        })
+    }
+
     /// The keys that identify the layout, for error messages.
     pub fn signature(self) -> &'static str {
         match self {
@@ -136,6 +150,26 @@ pub enum SameRole {
     Reject,
 }
 
+impl SameRole {
+    pub fn parse(name: &str) -> crate::error::Result<SameRole> {
+        match name {
+            "reject" => Ok(SameRole::Reject),
+            "merge" => Ok(SameRole::Merge),
+            other => Err(crate::error::CoreError::config(
+                "same-role",
+                format!("'{other}' is not one of reject, merge"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SameRole::Reject => "reject",
+            SameRole::Merge => "merge",
+        }
+    }
+}
+
 /// A conversation in OpenAI message form, with its tools.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Conversation {
@@ -192,6 +226,25 @@ fn string<'a>(value: &'a Value, key: &str) -> Parsed<&'a str> {
             format!("expected a string, found {}", json_kind(value)),
         )
     })
+}
+
+/// A string field of an object nested at `at` (`conversations[2]`); errors name `at.key`.
+/// The path is only formatted on error: this runs for every turn of every record.
+fn nested_string<'a>(object: &'a Map<String, Value>, key: &str, at: &str) -> Parsed<&'a str> {
+    let path = || format!("{at}.{key}");
+    match object.get(key) {
+        Some(Value::String(text)) => Ok(text),
+        Some(other) => Err(Problem::new(
+            "wrong_type",
+            path(),
+            format!("expected a string, found {}", json_kind(other)),
+        )),
+        None => Err(Problem::new(
+            "missing_field",
+            path(),
+            format!("no field '{key}'"),
+        )),
+    }
 }
 
 fn optional_string<'a>(record: &'a Map<String, Value>, key: &str) -> Parsed<Option<&'a str>> {
@@ -301,20 +354,8 @@ fn sharegpt_turns(turns: &Value, key: &str) -> Parsed<Vec<Value>> {
                 format!("expected a turn object, found {}", json_kind(turn)),
             ));
         };
-        let from = string(
-            field(turn, "from").map_err(|p| Problem {
-                field: Some(format!("{at}.from")),
-                ..p
-            })?,
-            &format!("{at}.from"),
-        )?;
-        let value = string(
-            field(turn, "value").map_err(|p| Problem {
-                field: Some(format!("{at}.value")),
-                ..p
-            })?,
-            &format!("{at}.value"),
-        )?;
+        let from = nested_string(turn, "from", &at)?;
+        let value = nested_string(turn, "value", &at)?;
         let role = sharegpt_role(from).ok_or_else(|| {
             Problem::new(
                 "unknown_role",
@@ -353,13 +394,7 @@ fn openai_messages(value: &Value, key: &str) -> Parsed<Vec<Value>> {
                 format!("expected a message object, found {}", json_kind(item)),
             ));
         };
-        let role = string(
-            field(map, "role").map_err(|p| Problem {
-                field: Some(format!("{at}.role")),
-                ..p
-            })?,
-            &format!("{at}.role"),
-        )?;
+        let role = nested_string(map, "role", &at)?;
         if !matches!(role, "system" | "user" | "assistant" | "tool" | "developer") {
             return Err(Problem::new(
                 "unknown_role",

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::input::Format;
+use crate::input::{Format, InputFile};
+use crate::reader::FileSummary;
 use crate::shard::ShardInfo;
 use crate::tokenizer::TokenizerInfo;
 
@@ -27,6 +28,21 @@ pub struct InputEntry {
     pub sha256: String,
     /// Records found in the file (all of them, also those left to other `--shard-index` runs).
     pub records: u64,
+}
+
+/// The manifest's inputs: each file with what reading it found.
+pub fn input_entries(files: &[InputFile], summaries: &[FileSummary]) -> Vec<InputEntry> {
+    files
+        .iter()
+        .zip(summaries)
+        .map(|(file, summary)| InputEntry {
+            path: file.path.clone(),
+            format: file.format,
+            bytes: file.bytes,
+            sha256: summary.sha256.clone(),
+            records: summary.records,
+        })
+        .collect()
 }
 
 /// What happened to each record this run owns.

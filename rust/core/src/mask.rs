@@ -33,6 +33,26 @@ pub enum Learn {
     Last,
 }
 
+impl Learn {
+    pub fn parse(name: &str) -> crate::error::Result<Learn> {
+        match name {
+            "all" => Ok(Learn::All),
+            "last" => Ok(Learn::Last),
+            other => Err(crate::error::CoreError::config(
+                "learn",
+                format!("'{other}' is not one of all, last"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Learn::All => "all",
+            Learn::Last => "last",
+        }
+    }
+}
+
 /// Why the answers could not be located: the reason key and the turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskError {

@@ -153,6 +153,22 @@ fn sync_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Finishes a prep run: writes the `datasets` metadata and `manifest.json` into the staging
+/// folder and, unless the run was cancelled meanwhile, makes it the output.
+pub fn publish(
+    staging: Staging,
+    manifest: &crate::manifest::Manifest,
+    description: &str,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    write_datasets_metadata(staging.path(), &manifest.shards, description)?;
+    write_file(staging.path(), "manifest.json", &to_pretty(manifest))?;
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(CoreError::Cancelled);
+    }
+    staging.commit()
+}
+
 /// Writes a file into the staging folder in one go.
 pub fn write_file(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
     let path = dir.join(name);

@@ -79,6 +79,31 @@ impl EmptyPolicy {
     }
 }
 
+/// The number of worker threads for `--workers N`: N, or one per core for 0.
+pub fn resolve_workers(workers: usize) -> usize {
+    if workers > 0 {
+        workers
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Checks `--num-shards N --shard-index I`.
+pub fn check_sharding(num_shards: usize, shard_index: usize) -> Result<()> {
+    if num_shards == 0 {
+        return Err(CoreError::config("num-shards", "must be at least 1"));
+    }
+    if shard_index >= num_shards {
+        return Err(CoreError::config(
+            "shard-index",
+            format!(
+                "{shard_index} is out of range for --num-shards {num_shards} (0..{num_shards})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The records to read and which of them this run owns.
 pub struct Source<'a> {
     pub files: &'a [InputFile],

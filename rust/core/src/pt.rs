@@ -5,7 +5,7 @@
 //! record batches for the [`ShardWriter`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::error::{CoreError, RecordError, Result};
 use crate::input::{resolve_inputs, Format};
-use crate::manifest::{Column, InputEntry, Manifest, FORMAT_VERSION};
-use crate::output::{to_pretty, write_datasets_metadata, write_file, Staging};
+use crate::manifest::{input_entries, Manifest, FORMAT_VERSION};
+use crate::output::{publish, Staging};
 use crate::pack::{BlockSink, LastBlock, LastBlockOutcome, Packer};
 use crate::pipeline::{self, EmptyPolicy, Outcome, Policy, Rejects, Source, Stage, Totals};
 use crate::progress::Progress;
@@ -86,30 +86,11 @@ impl PtOptions {
         if self.block_size == 0 {
             return Err(CoreError::config("block-size", "must be at least 1"));
         }
-        if self.num_shards == 0 {
-            return Err(CoreError::config("num-shards", "must be at least 1"));
-        }
-        if self.shard_index >= self.num_shards {
-            return Err(CoreError::config(
-                "shard-index",
-                format!(
-                    "{} is out of range for --num-shards {} (0..{})",
-                    self.shard_index, self.num_shards, self.num_shards
-                ),
-            ));
-        }
+        pipeline::check_sharding(self.num_shards, self.shard_index)?;
         if self.text_field.is_empty() {
             return Err(CoreError::config("text-field", "is empty"));
         }
         Ok(())
-    }
-
-    fn workers(&self) -> usize {
-        if self.workers > 0 {
-            self.workers
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
     }
 }
 
@@ -154,7 +135,7 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
     let mut rejects = Rejects::new(staging.path(), options.skip_bad);
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let mut progress = Progress::new("prep pt", total_bytes, options.quiet);
-    let workers = options.workers();
+    let workers = pipeline::resolve_workers(options.workers);
     let source = Source {
         files: &files,
         read: ReadOptions {
@@ -196,23 +177,12 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
     let written = sink.finish()?;
     let rejected_file = rejects.finish()?;
 
-    let inputs: Vec<InputEntry> = files
-        .iter()
-        .zip(&summaries)
-        .map(|(file, summary)| InputEntry {
-            path: file.path.clone(),
-            format: file.format,
-            bytes: file.bytes,
-            sha256: summary.sha256.clone(),
-            records: summary.records,
-        })
-        .collect();
     let manifest = Manifest {
         format: "ferrotune.shards",
         format_version: FORMAT_VERSION,
         ferrotune_version: env!("CARGO_PKG_VERSION"),
         stage: "pt",
-        inputs,
+        inputs: input_entries(&files, &summaries),
         tokenizer: tokenizer.info.clone(),
         template: Value::Null,
         options: json!({
@@ -239,14 +209,7 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
             "padding": written.padding,
             "dropped": dropped_tokens,
         }),
-        columns: schema
-            .fields()
-            .iter()
-            .map(|f| Column {
-                name: f.name().clone(),
-                dtype: f.data_type().to_string(),
-            })
-            .collect(),
+        columns: crate::rows::describe(&schema),
         rows: written.rows,
         shards: written.shards,
         stage_info: json!({
@@ -256,16 +219,8 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
         }),
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    write_datasets_metadata(
-        staging.path(),
-        &manifest.shards,
-        "ferrotune pretraining blocks (see manifest.json)",
-    )?;
-    write_file(staging.path(), "manifest.json", &to_pretty(&manifest))?;
-    if cancel.load(Ordering::Relaxed) {
-        return Err(CoreError::Cancelled);
-    }
-    staging.commit()?;
+    let description = "ferrotune pretraining blocks (see manifest.json)";
+    publish(staging, &manifest, description, cancel)?;
     Ok(manifest)
 }
 

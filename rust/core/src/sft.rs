@@ -9,7 +9,7 @@
 //! `position_ids` restarting at each conversation.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -18,9 +18,9 @@ use crate::chat;
 use crate::conversation::{self, Layout, SameRole};
 use crate::error::{CoreError, RecordError, Result};
 use crate::input::{resolve_inputs, Format};
-use crate::manifest::{InputEntry, Manifest, FORMAT_VERSION};
+use crate::manifest::{input_entries, Manifest, FORMAT_VERSION};
 use crate::mask::{self, Learn};
-use crate::output::{to_pretty, write_datasets_metadata, write_file, Staging};
+use crate::output::{publish, Staging};
 use crate::pack::BestFit;
 use crate::pipeline::{self, EmptyPolicy, Outcome, Policy, Rejects, Source, Stage, Totals};
 use crate::progress::Progress;
@@ -48,6 +48,13 @@ impl Overlong {
                 "overlong",
                 format!("'{other}' is not one of truncate, drop"),
             )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Overlong::Truncate => "truncate",
+            Overlong::Drop => "drop",
         }
     }
 }
@@ -124,12 +131,7 @@ pub fn prep_sft(options: &SftOptions, cancel: &AtomicBool) -> Result<Manifest> {
     if options.max_length == 0 {
         return Err(CoreError::config("max-length", "must be at least 1"));
     }
-    if options.shard_index >= options.num_shards.max(1) {
-        return Err(CoreError::config(
-            "shard-index",
-            "is out of range for --num-shards",
-        ));
-    }
+    pipeline::check_sharding(options.num_shards, options.shard_index)?;
     let tokenizer = LoadedTokenizer::load(&options.tokenizer, None)?;
     let (template, template_info) = chat::resolve(&options.template, &tokenizer)?;
     let files = resolve_inputs(&options.inputs, None)?;
@@ -165,9 +167,10 @@ pub fn prep_sft(options: &SftOptions, cancel: &AtomicBool) -> Result<Manifest> {
             doc_sep: DocSep::Line,
             text_column: String::new(),
         },
-        num_shards: options.num_shards.max(1),
+        num_shards: options.num_shards,
         shard_index: options.shard_index,
     };
+    let workers = pipeline::resolve_workers(options.workers);
     let stage = SftStage {
         tokenizer: &tokenizer,
         template: &template,
@@ -199,7 +202,7 @@ pub fn prep_sft(options: &SftOptions, cancel: &AtomicBool) -> Result<Manifest> {
     let Totals { counts, summaries } = pipeline::run(
         &source,
         &stage,
-        options.workers_or_cores(),
+        workers,
         policy,
         cancel,
         &mut progress,
@@ -226,33 +229,23 @@ pub fn prep_sft(options: &SftOptions, cancel: &AtomicBool) -> Result<Manifest> {
         format_version: FORMAT_VERSION,
         ferrotune_version: env!("CARGO_PKG_VERSION"),
         stage: "sft",
-        inputs: files
-            .iter()
-            .zip(&summaries)
-            .map(|(file, summary)| InputEntry {
-                path: file.path.clone(),
-                format: file.format,
-                bytes: file.bytes,
-                sha256: summary.sha256.clone(),
-                records: summary.records,
-            })
-            .collect(),
+        inputs: input_entries(&files, &summaries),
         tokenizer: tokenizer.info.clone(),
         template: serde_json::to_value(&template_info).expect("serializable"),
         options: json!({
             "template": options.template,
             "system": options.system,
             "max_length": options.max_length,
-            "overlong": match options.overlong { Overlong::Truncate => "truncate", Overlong::Drop => "drop" },
-            "learn": match options.learn { Learn::All => "all", Learn::Last => "last" },
-            "same_role": match options.same_role { SameRole::Merge => "merge", SameRole::Reject => "reject" },
+            "overlong": options.overlong.name(),
+            "learn": options.learn.name(),
+            "same_role": options.same_role.name(),
             "layout": options.layout.map(Layout::name),
             "pack": options.pack,
             "skip_bad": options.skip_bad,
             "num_shards": options.num_shards,
             "shard_index": options.shard_index,
             "shard_size": options.shard_size,
-            "workers": options.workers_or_cores(),
+            "workers": workers,
         }),
         counts,
         tokens: json!({
@@ -278,27 +271,9 @@ pub fn prep_sft(options: &SftOptions, cancel: &AtomicBool) -> Result<Manifest> {
         }),
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    write_datasets_metadata(
-        staging.path(),
-        &manifest.shards,
-        "ferrotune SFT conversations (see manifest.json)",
-    )?;
-    write_file(staging.path(), "manifest.json", &to_pretty(&manifest))?;
-    if cancel.load(Ordering::Relaxed) {
-        return Err(CoreError::Cancelled);
-    }
-    staging.commit()?;
+    let description = "ferrotune SFT conversations (see manifest.json)";
+    publish(staging, &manifest, description, cancel)?;
     Ok(manifest)
-}
-
-impl SftOptions {
-    fn workers_or_cores(&self) -> usize {
-        if self.workers > 0 {
-            self.workers
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-    }
 }
 
 /// Token and length totals of the written conversations.
@@ -350,24 +325,44 @@ impl Stage for SftStage<'_> {
             Ok(body) => body,
             Err(error) => return Ok(Outcome::Bad(error)),
         };
-        let raw = match &body {
-            Body::Json(value) => value.to_string(),
-            Body::Text(text) => text.clone(),
-        };
-        let problem = |reason: &'static str, field: Option<String>, message: String| RecordError {
+        let record_error = |raw: String, reason: &'static str, field, message| RecordError {
             path: path.to_path_buf(),
             line,
             field,
             reason,
             message,
-            raw: raw.clone(),
+            raw,
         };
-        let Body::Json(Value::Object(map)) = body else {
-            return Ok(Outcome::Bad(problem(
-                "wrong_type",
-                None,
-                "expected a JSON object".into(),
-            )));
+        let map = match body {
+            Body::Json(Value::Object(map)) => map,
+            Body::Json(other) => {
+                let message = "expected a JSON object".to_string();
+                return Ok(Outcome::Bad(record_error(
+                    other.to_string(),
+                    "wrong_type",
+                    None,
+                    message,
+                )));
+            }
+            Body::Text(text) => {
+                let message = "expected a JSON object".to_string();
+                return Ok(Outcome::Bad(record_error(
+                    text,
+                    "wrong_type",
+                    None,
+                    message,
+                )));
+            }
+        };
+        // The record is serialised for rejects.jsonl only when there is a problem: not on the
+        // hot path.
+        let problem = |reason: &'static str, field: Option<String>, message: String| {
+            record_error(
+                Value::Object(map.clone()).to_string(),
+                reason,
+                field,
+                message,
+            )
         };
         let Some(layout) = self.options.layout.or_else(|| Layout::detect(&map)) else {
             let expected: Vec<&str> = [Layout::ShareGpt, Layout::OpenAi, Layout::Alpaca]

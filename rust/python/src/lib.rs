@@ -217,38 +217,9 @@ fn prep_sft(
             system,
             max_length,
             overlong: Overlong::parse(&overlong)?,
-            learn: match learn.as_str() {
-                "all" => Learn::All,
-                "last" => Learn::Last,
-                other => {
-                    return Err(CoreError::config(
-                        "learn",
-                        format!("'{other}' is not one of all, last"),
-                    ))
-                }
-            },
-            same_role: match same_role.as_str() {
-                "reject" => SameRole::Reject,
-                "merge" => SameRole::Merge,
-                other => {
-                    return Err(CoreError::config(
-                        "same-role",
-                        format!("'{other}' is not one of reject, merge"),
-                    ))
-                }
-            },
-            layout: match layout.as_deref() {
-                None | Some("auto") => None,
-                Some(name) => Some(Layout::parse(name).ok_or_else(|| {
-                    CoreError::config(
-                        "format",
-                        format!(
-                            "'{name}' is not one of auto, {}",
-                            Layout::ALL.map(Layout::name).join(", ")
-                        ),
-                    )
-                })?),
-            },
+            learn: Learn::parse(&learn)?,
+            same_role: SameRole::parse(&same_role)?,
+            layout: Layout::parse_option(layout.as_deref().unwrap_or("auto"))?,
             pack,
             workers,
             skip_bad,
