@@ -378,7 +378,9 @@ SNIPPETS = {
     "raw": "{% raw %}{{ x }}{% endraw %}",
     "windows_newlines": "a\r\nb{{ s }}\r\n{% if true %}\r\nc\r\n{% endif %}\r\n",
     "trailing_newline": "x\n\n",
-    "strftime_now": "{{ strftime_now('%Y-%m-%d') }}",
+    "strftime_now": "{{ strftime_now('%Y-%m-%d|%d %b %Y|%B %-d|%A|%j|%y') }}",
+    "title_method": "{{ \"they're bill's 1st\".title() }} {{ \"they're bill's 1st\"|title }}",
+    "rsplit": "{{ 'a,b,c'.rsplit(',', 1) }} {{ ' a b  c '.rsplit(None, 1) }} {{ 'a b'.rsplit() }}",
 }
 # What minijinja cannot do the Jinja2 way, with no hook to change it (minijinja 3.1).
 SNIPPET_XFAIL = {
@@ -436,10 +438,11 @@ def test_raise_exception_message_and_template_name() -> None:
 def test_spans_are_character_offsets() -> None:
     source = "{% for m in messages %}{{ m.content }}{% generation %}{{ m.content }}"
     source += "{% endgeneration %}{% endfor %}"
-    text, spans = render_chat_template(source, [{"role": "user", "content": "日本語"}])
-    assert text == "日本語日本語"
-    assert spans == [(3, 6)]
-    assert text[3:6] == "日本語"
+    messages = [{"role": "user", "content": "日本語"}, {"role": "user", "content": "😀é"}]
+    text, spans = render_chat_template(source, messages)
+    assert text == "日本語日本語😀é😀é"
+    assert spans == [(3, 6), (8, 10)]
+    assert [text[start:end] for start, end in spans] == ["日本語", "😀é"]
 
 
 def test_syntax_error_is_a_template_error() -> None:

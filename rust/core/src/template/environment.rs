@@ -14,7 +14,7 @@ use minijinja::value::{from_args, Kwargs, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use super::pyjson::tojson_filter;
-use super::pystr::{py_split, py_str, py_strip, write_str, Ends};
+use super::pystr::{py_rsplit, py_split, py_str, py_strip, py_title, write_str, Ends};
 
 /// The error `raise_exception(message)` produces, attached as the source of the minijinja error
 /// so the renderer can hand the template's own message to the user unchanged.
@@ -185,11 +185,20 @@ fn python_method(
             "strip" => return strip(Ends::Both),
             "lstrip" => return strip(Ends::Left),
             "rstrip" => return strip(Ends::Right),
-            "split" => {
+            "split" | "rsplit" => {
                 let (sep, maxsplit): (Option<Cow<'_, str>>, Option<i64>) = from_args(args)?;
-                let parts = py_split(s, sep.as_deref(), maxsplit.unwrap_or(-1))
+                let split = if method == "split" {
+                    py_split
+                } else {
+                    py_rsplit
+                };
+                let parts = split(s, sep.as_deref(), maxsplit.unwrap_or(-1))
                     .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "empty separator"))?;
                 return Ok(Value::from(parts));
+            }
+            "title" => {
+                let () = from_args(args)?;
+                return Ok(Value::from(py_title(s)));
             }
             "join" => {
                 let (items,): (&Value,) = from_args(args)?;
