@@ -6,6 +6,12 @@ real Qwen2.5 tokenizer's own template render a set of conversations through both
 texts must be byte-identical, a template's ``raise_exception`` must surface as
 :class:`ferrotune.errors.TemplateError` with the same message, and for training templates the
 tokens inside ferrotune's generation spans must be exactly transformers' assistant mask.
+Where transformers fails on a conversation with a Python error instead (a template doing
+``str + dict``, an undefined attribute), ferrotune must fail too, with a TemplateError.
+
+Then a list of Jinja snippets (Python ``str()`` of values, floats, string methods, tests,
+filters, loops, whitespace control) is rendered by both, for the features no template above
+happens to exercise.
 """
 
 from __future__ import annotations
@@ -379,6 +385,9 @@ SNIPPETS = {
     "windows_newlines": "a\r\nb{{ s }}\r\n{% if true %}\r\nc\r\n{% endif %}\r\n",
     "trailing_newline": "x\n\n",
     "strftime_now": "{{ strftime_now('%Y-%m-%d|%d %b %Y|%B %-d|%A|%j|%y') }}",
+    "int_float": "{{ '1.5'|int }} {{ 'x'|int }} {{ none|int }} {{ ' 42 '|int }} {{ 3.9|int }}"
+    " {{ t|int }} {{ '7'|int + 1 }} {{ 'x'|int(5) }} {{ '1.5'|float }} {{ 'x'|float }}"
+    " {{ 2|float }}",
     "title_method": "{{ \"they're bill's 1st\".title() }} {{ \"they're bill's 1st\"|title }}",
     "rsplit": "{{ 'a,b,c'.rsplit(',', 1) }} {{ ' a b  c '.rsplit(None, 1) }} {{ 'a b'.rsplit() }}",
 }

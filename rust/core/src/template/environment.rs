@@ -58,6 +58,8 @@ pub fn new_environment() -> Environment<'static> {
     env.add_filter("string", string_filter);
     env.add_filter("join", join_filter);
     env.add_filter("trim", trim_filter);
+    env.add_filter("int", int_filter);
+    env.add_filter("float", float_filter);
 
     env.add_test("sequence", is_sequence);
     env.add_test("iterable", is_iterable);
@@ -125,6 +127,47 @@ fn join_filter(
 fn trim_filter(value: &Value, chars: Option<&str>) -> Result<Value, Error> {
     let text = py_str(value);
     Ok(Value::from(py_strip(&text, chars, Ends::Both)))
+}
+
+/// `|int(default=0, base=10)` as Jinja2: `int(value)`, else `int(float(value))` (so
+/// `"42.9"|int` is 42), else the default — never an error for a bad string or `none`.
+fn int_filter(value: &Value, default: Option<Value>, base: Option<u32>) -> Result<Value, Error> {
+    let default = default.unwrap_or(Value::from(0));
+    Ok(match value.kind() {
+        ValueKind::Number if value.is_integer() => value.clone(),
+        ValueKind::Bool => Value::from(i64::from(value.is_true())),
+        ValueKind::Number => match f64::try_from(value.clone()) {
+            Ok(f) if f.is_finite() => Value::from(f.trunc() as i128),
+            _ => default,
+        },
+        ValueKind::String => {
+            let text = py_strip(value.as_str().unwrap_or_default(), None, Ends::Both);
+            let digits = text.replace('_', "");
+            let base = base.unwrap_or(10);
+            match i128::from_str_radix(&digits, base) {
+                Ok(i) => Value::from(i),
+                Err(_) => match digits.parse::<f64>() {
+                    Ok(f) if f.is_finite() && base == 10 => Value::from(f.trunc() as i128),
+                    _ => default,
+                },
+            }
+        }
+        _ => default,
+    })
+}
+
+/// `|float(default=0.0)` as Jinja2: `float(value)`, else the default.
+fn float_filter(value: &Value, default: Option<Value>) -> Value {
+    let default = default.unwrap_or(Value::from(0.0));
+    match value.kind() {
+        ValueKind::Number | ValueKind::Bool => {
+            f64::try_from(value.clone()).map_or(default, Value::from)
+        }
+        ValueKind::String => py_strip(value.as_str().unwrap_or_default(), None, Ends::Both)
+            .parse::<f64>()
+            .map_or(default, Value::from),
+        _ => default,
+    }
 }
 
 /// `is sequence` in Jinja2 is "has `len()` and `[]`": true for strings and dicts too, and for
