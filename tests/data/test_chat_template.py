@@ -6,6 +6,12 @@ real Qwen2.5 tokenizer's own template render a set of conversations through both
 texts must be byte-identical, a template's ``raise_exception`` must surface as
 :class:`ferrotune.errors.TemplateError` with the same message, and for training templates the
 tokens inside ferrotune's generation spans must be exactly transformers' assistant mask.
+Where transformers fails on a conversation with a Python error instead (a template doing
+``str + dict``, an undefined attribute), ferrotune must fail too, with a TemplateError.
+
+Then a list of Jinja snippets (Python ``str()`` of values, floats, string methods, tests,
+filters, loops, whitespace control) is rendered by both, for the features no template above
+happens to exercise.
 """
 
 from __future__ import annotations
@@ -378,7 +384,12 @@ SNIPPETS = {
     "raw": "{% raw %}{{ x }}{% endraw %}",
     "windows_newlines": "a\r\nb{{ s }}\r\n{% if true %}\r\nc\r\n{% endif %}\r\n",
     "trailing_newline": "x\n\n",
-    "strftime_now": "{{ strftime_now('%Y-%m-%d') }}",
+    "strftime_now": "{{ strftime_now('%Y-%m-%d|%d %b %Y|%B %-d|%A|%j|%y') }}",
+    "int_float": "{{ '1.5'|int }} {{ 'x'|int }} {{ none|int }} {{ ' 42 '|int }} {{ 3.9|int }}"
+    " {{ t|int }} {{ '7'|int + 1 }} {{ 'x'|int(5) }} {{ '1.5'|float }} {{ 'x'|float }}"
+    " {{ 2|float }}",
+    "title_method": "{{ \"they're bill's 1st\".title() }} {{ \"they're bill's 1st\"|title }}",
+    "rsplit": "{{ 'a,b,c'.rsplit(',', 1) }} {{ ' a b  c '.rsplit(None, 1) }} {{ 'a b'.rsplit() }}",
 }
 # What minijinja cannot do the Jinja2 way, with no hook to change it (minijinja 3.1).
 SNIPPET_XFAIL = {
@@ -436,10 +447,11 @@ def test_raise_exception_message_and_template_name() -> None:
 def test_spans_are_character_offsets() -> None:
     source = "{% for m in messages %}{{ m.content }}{% generation %}{{ m.content }}"
     source += "{% endgeneration %}{% endfor %}"
-    text, spans = render_chat_template(source, [{"role": "user", "content": "日本語"}])
-    assert text == "日本語日本語"
-    assert spans == [(3, 6)]
-    assert text[3:6] == "日本語"
+    messages = [{"role": "user", "content": "日本語"}, {"role": "user", "content": "😀é"}]
+    text, spans = render_chat_template(source, messages)
+    assert text == "日本語日本語😀é😀é"
+    assert spans == [(3, 6), (8, 10)]
+    assert [text[start:end] for start, end in spans] == ["日本語", "😀é"]
 
 
 def test_syntax_error_is_a_template_error() -> None:

@@ -23,8 +23,7 @@ use minijinja::Value as JinjaValue;
 use serde_json::{Map, Value};
 
 use crate::error::{CoreError, Result};
-
-pub use environment::Raised;
+use environment::Raised;
 
 /// What transformers passes to a template besides the messages.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +46,7 @@ pub struct RenderOptions {
 /// A rendered conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
+    /// What `apply_chat_template(..., tokenize=False)` returns.
     pub text: String,
     /// Byte ranges `(start, end)` of `text` printed inside `{% generation %}` blocks, ordered
     /// by start; empty when the template has no such blocks.

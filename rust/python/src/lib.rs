@@ -255,12 +255,26 @@ fn parse_json_object(
     }
 }
 
-/// Byte offsets (ascending or not) into `text` as character offsets, as Python indexes `str`.
+/// Byte offsets into `text` as character offsets, as Python indexes `str` (one pass over the
+/// text, however many spans).
 fn char_offsets(text: &str, spans: &[(usize, usize)]) -> Vec<(usize, usize)> {
-    let to_char = |byte: usize| text[..byte].chars().count();
+    let mut bytes: Vec<usize> = spans
+        .iter()
+        .flat_map(|&(start, end)| [start, end])
+        .collect();
+    bytes.sort_unstable();
+    bytes.dedup();
+    let mut chars = Vec::with_capacity(bytes.len());
+    let (mut at, mut count) = (0, 0);
+    for &byte in &bytes {
+        count += text[at..byte].chars().count();
+        at = byte;
+        chars.push(count);
+    }
+    let to_char = |byte: usize| chars[bytes.binary_search(&byte).expect("collected above")];
     spans
         .iter()
-        .map(|&(s, e)| (to_char(s), to_char(e)))
+        .map(|&(start, end)| (to_char(start), to_char(end)))
         .collect()
 }
 

@@ -14,7 +14,7 @@ use minijinja::value::{from_args, Kwargs, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use super::pyjson::tojson_filter;
-use super::pystr::{py_split, py_str, py_strip, write_str, Ends};
+use super::pystr::{py_rsplit, py_split, py_str, py_strip, py_title, write_str, Ends};
 
 /// The error `raise_exception(message)` produces, attached as the source of the minijinja error
 /// so the renderer can hand the template's own message to the user unchanged.
@@ -58,6 +58,8 @@ pub fn new_environment() -> Environment<'static> {
     env.add_filter("string", string_filter);
     env.add_filter("join", join_filter);
     env.add_filter("trim", trim_filter);
+    env.add_filter("int", int_filter);
+    env.add_filter("float", float_filter);
 
     env.add_test("sequence", is_sequence);
     env.add_test("iterable", is_iterable);
@@ -127,6 +129,47 @@ fn trim_filter(value: &Value, chars: Option<&str>) -> Result<Value, Error> {
     Ok(Value::from(py_strip(&text, chars, Ends::Both)))
 }
 
+/// `|int(default=0, base=10)` as Jinja2: `int(value)`, else `int(float(value))` (so
+/// `"42.9"|int` is 42), else the default — never an error for a bad string or `none`.
+fn int_filter(value: &Value, default: Option<Value>, base: Option<u32>) -> Result<Value, Error> {
+    let default = default.unwrap_or(Value::from(0));
+    Ok(match value.kind() {
+        ValueKind::Number if value.is_integer() => value.clone(),
+        ValueKind::Bool => Value::from(i64::from(value.is_true())),
+        ValueKind::Number => match f64::try_from(value.clone()) {
+            Ok(f) if f.is_finite() => Value::from(f.trunc() as i128),
+            _ => default,
+        },
+        ValueKind::String => {
+            let text = py_strip(value.as_str().unwrap_or_default(), None, Ends::Both);
+            let digits = text.replace('_', "");
+            let base = base.unwrap_or(10);
+            match i128::from_str_radix(&digits, base) {
+                Ok(i) => Value::from(i),
+                Err(_) => match digits.parse::<f64>() {
+                    Ok(f) if f.is_finite() && base == 10 => Value::from(f.trunc() as i128),
+                    _ => default,
+                },
+            }
+        }
+        _ => default,
+    })
+}
+
+/// `|float(default=0.0)` as Jinja2: `float(value)`, else the default.
+fn float_filter(value: &Value, default: Option<Value>) -> Value {
+    let default = default.unwrap_or(Value::from(0.0));
+    match value.kind() {
+        ValueKind::Number | ValueKind::Bool => {
+            f64::try_from(value.clone()).map_or(default, Value::from)
+        }
+        ValueKind::String => py_strip(value.as_str().unwrap_or_default(), None, Ends::Both)
+            .parse::<f64>()
+            .map_or(default, Value::from),
+        _ => default,
+    }
+}
+
 /// `is sequence` in Jinja2 is "has `len()` and `[]`": true for strings and dicts too, and for
 /// Undefined (which defines both).
 fn is_sequence(value: &Value) -> bool {
@@ -185,11 +228,20 @@ fn python_method(
             "strip" => return strip(Ends::Both),
             "lstrip" => return strip(Ends::Left),
             "rstrip" => return strip(Ends::Right),
-            "split" => {
+            "split" | "rsplit" => {
                 let (sep, maxsplit): (Option<Cow<'_, str>>, Option<i64>) = from_args(args)?;
-                let parts = py_split(s, sep.as_deref(), maxsplit.unwrap_or(-1))
+                let split = if method == "split" {
+                    py_split
+                } else {
+                    py_rsplit
+                };
+                let parts = split(s, sep.as_deref(), maxsplit.unwrap_or(-1))
                     .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "empty separator"))?;
                 return Ok(Value::from(parts));
+            }
+            "title" => {
+                let () = from_args(args)?;
+                return Ok(Value::from(py_title(s)));
             }
             "join" => {
                 let (items,): (&Value,) = from_args(args)?;

@@ -264,6 +264,70 @@ pub fn py_split(s: &str, sep: Option<&str>, maxsplit: i64) -> Option<Vec<String>
     }
 }
 
+/// Python's `str.rsplit(sep, maxsplit)`: like [`py_split`], counting splits from the right.
+pub fn py_rsplit(s: &str, sep: Option<&str>, maxsplit: i64) -> Option<Vec<String>> {
+    let Ok(limit) = usize::try_from(maxsplit) else {
+        return py_split(s, sep, -1);
+    };
+    let mut parts: Vec<String> = match sep {
+        Some("") => return None,
+        Some(sep) => s.rsplitn(limit + 1, sep).map(String::from).collect(),
+        None => {
+            let mut parts = Vec::new();
+            let mut rest = s.trim_end_matches(is_py_space);
+            while !rest.is_empty() {
+                if parts.len() == limit {
+                    parts.push(rest.to_string());
+                    break;
+                }
+                let start = rest.rfind(is_py_space).map_or(0, |i| {
+                    i + rest[i..].chars().next().map_or(1, char::len_utf8)
+                });
+                parts.push(rest[start..].to_string());
+                rest = rest[..start].trim_end_matches(is_py_space);
+            }
+            parts
+        }
+    };
+    parts.reverse();
+    Some(parts)
+}
+
+/// Python's `str.title()`: a cased character after an uncased one (or at the start) is
+/// title-cased, every other cased character lower-cased — so `"they're 1st".title()` is
+/// `"They'Re 1St"` (Jinja's `|title` filter, by contrast, capitalizes words).
+pub fn py_title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut previous_cased = false;
+    for c in s.chars() {
+        let cased = c.is_uppercase() || c.is_lowercase() || titlecase(c).is_some();
+        if cased && !previous_cased {
+            match titlecase(c) {
+                Some(t) => out.push(t),
+                None => out.extend(c.to_uppercase()),
+            }
+        } else if cased {
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+        previous_cased = cased;
+    }
+    out
+}
+
+/// The title case of the Latin digraphs, the only common letters whose title case is not
+/// their upper case (`ǆ` → `ǅ`, not `Ǆ`).
+fn titlecase(c: char) -> Option<char> {
+    match c {
+        'Ǆ' | 'ǅ' | 'ǆ' => Some('ǅ'),
+        'Ǉ' | 'ǈ' | 'ǉ' => Some('ǈ'),
+        'Ǌ' | 'ǋ' | 'ǌ' => Some('ǋ'),
+        'Ǳ' | 'ǲ' | 'ǳ' => Some('ǲ'),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +379,14 @@ mod tests {
         );
         assert_eq!(py_split("a,b,c", Some(","), 1).unwrap(), ["a", "b,c"]);
         assert!(py_split("abc", Some(""), -1).is_none());
+        assert_eq!(py_rsplit("a,b,c", Some(","), 1).unwrap(), ["a,b", "c"]);
+        assert_eq!(py_rsplit(" a b  c ", None, 1).unwrap(), [" a b", "c"]);
+        assert_eq!(py_rsplit("a b c", None, -1).unwrap(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn title_like_python() {
+        assert_eq!(py_title("they're bill's 1st"), "They'Re Bill'S 1St");
+        assert_eq!(py_title("ǆx HELLO"), "ǅx Hello");
     }
 }
