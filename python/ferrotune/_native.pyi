@@ -36,24 +36,4 @@ def render_chat_template(
     documents_json: str | None = None,
     name: str = "chat_template",
 ) -> tuple[str, list[tuple[int, int]]]: ...
-def prep_sft(
-    tokenizer: str | PathLike[str],
-    inputs: list[str],
-    out: str | PathLike[str],
-    *,
-    template: str = "auto",
-    system: str | None = None,
-    max_length: int = 2048,
-    overlong: str = "truncate",
-    learn: str = "all",
-    same_role: str = "reject",
-    layout: str | None = None,
-    pack: bool = False,
-    workers: int = 0,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    quiet: bool = True,
-    num_shards: int = 1,
-    shard_index: int = 0,
-    shard_size: str = "500MB",
-) -> str: ...
+def prep_chat(stage: str, options_json: str) -> str: ...

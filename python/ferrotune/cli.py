@@ -1,6 +1,7 @@
 """The ``ferrotune`` command.
 
-``ferrotune prep pt`` prepares pretraining data, ``ferrotune prep sft`` conversations. Errors
+``ferrotune prep pt`` prepares pretraining data, ``ferrotune prep sft|rm|dpo|ppo`` conversations
+and preference pairs. Errors
 are printed as one plain line naming the file, line and field (no traceback) and the exit
 status is non-zero; ``FERROTUNE_DEBUG=1`` shows the traceback.
 """
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ferrotune import __version__
+from ferrotune import __version__, inspect
 from ferrotune.errors import FerrotuneError
 
 __all__ = ["main"]
@@ -174,16 +175,35 @@ def summarize_pt(manifest: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
-def _add_prep_sft(prep: Any) -> None:
-    parser = prep.add_parser(
-        "sft",
-        help="render conversations with the chat template; labels only on assistant answers",
-        description=(
-            "Render ShareGPT / OpenAI messages / Alpaca records with the tokenizer's chat "
-            "template, tokenize once, and label only the assistant answers (their end-of-turn "
-            "token included); -100 elsewhere. Optionally pack rows best-fit-decreasing."
-        ),
-    )
+CHAT_STAGES = {
+    "sft": (
+        "render conversations with the chat template; labels only on assistant answers",
+        "Render ShareGPT / OpenAI messages / Alpaca records with the chat template, tokenize "
+        "once, and label only the assistant answers (their end-of-turn token included); -100 "
+        "elsewhere. Optionally pack rows best-fit-decreasing.",
+    ),
+    "rm": (
+        "preference pairs for reward modelling (chosen/rejected sequences)",
+        "Render MedicalGPT / TRL preference records: one prompt rendering shared by the chosen "
+        "and rejected answers; writes input_ids_chosen/_rejected and their attention masks.",
+    ),
+    "dpo": (
+        "preference pairs for DPO (prompt, chosen and rejected with labels -100 over the prompt)",
+        "Render MedicalGPT / TRL preference records; the prompt is the token prefix shared with "
+        "both answers' renderings (as TRL's DPO trainer takes it); labels -100 over the prompt.",
+    ),
+    "ppo": (
+        "prompts for PPO rollouts, rendered with the generation prompt",
+        "Render prompts (any conversation or preference record, or prompt/query/question "
+        "records) with the generation prompt; keeps the query text and a reference answer.",
+    ),
+}
+
+
+def _add_prep_chat(prep: Any, stage: str) -> None:
+    """``prep sft|rm|dpo|ppo``: the shared conversation options plus the stage's own."""
+    help_text, description = CHAT_STAGES[stage]
+    parser = prep.add_parser(stage, help=help_text, description=description)
     _add_common(parser)
     parser.add_argument(
         "--template",
@@ -191,18 +211,14 @@ def _add_prep_sft(prep: Any) -> None:
         help="auto (the tokenizer's own), chatml, qwen, llama3, vicuna, alpaca, or FILE.jinja",
     )
     parser.add_argument("--system", help="system prompt for conversations that have none")
-    parser.add_argument("--max-length", type=int, default=2048, help="tokens per conversation")
+    parser.add_argument(
+        "--max-length", type=int, default=2048, help="tokens per sequence (prompt + answer)"
+    )
     parser.add_argument(
         "--overlong",
         choices=["truncate", "drop"],
         default="truncate",
-        help="conversations over --max-length: keep their start, or drop them; counted",
-    )
-    parser.add_argument(
-        "--learn",
-        choices=["all", "last"],
-        default="all",
-        help="learn every assistant turn, or only the last",
+        help="too long: keep what fits (prompts their end, answers their start), or drop; counted",
     )
     parser.add_argument(
         "--same-role",
@@ -213,33 +229,39 @@ def _add_prep_sft(prep: Any) -> None:
     parser.add_argument(
         "--format",
         default="auto",
-        help="record layout: auto, sharegpt, openai, alpaca (default: detected per record)",
+        help="record layout: auto (detected per record), sharegpt, openai, alpaca, "
+        "medicalgpt_preference, legacy_preference, trl_preference, prompt",
     )
-    parser.add_argument(
-        "--pack", action="store_true", help="pack conversations into --max-length rows"
-    )
-    parser.set_defaults(run=_run_prep_sft)
+    if stage == "sft":
+        parser.add_argument(
+            "--learn",
+            choices=["all", "last"],
+            default="all",
+            help="learn every assistant turn, or only the last",
+        )
+        parser.add_argument(
+            "--pack", action="store_true", help="pack conversations into --max-length rows"
+        )
+    else:
+        parser.add_argument(
+            "--max-prompt-length",
+            type=int,
+            default=1024,
+            help="prompt tokens kept (its end) at most",
+        )
+    parser.set_defaults(run=_run_prep_chat, stage=stage)
 
 
-def _run_prep_sft(args: argparse.Namespace) -> int:
-    from ferrotune.data import prep_sft
+def _run_prep_chat(args: argparse.Namespace) -> int:
+    from ferrotune.data import prep
 
-    manifest = prep_sft(
-        args.tokenizer,
-        args.input,
-        args.out,
-        template=args.template,
-        system=args.system,
-        max_length=args.max_length,
-        overlong=args.overlong,
-        learn=args.learn,
-        same_role=args.same_role,
-        layout=args.format,
-        pack=args.pack,
-        **_common_kwargs(args),
-    )
+    names = ["template", "system", "max_length", "overlong", "same_role", "format"]
+    names += ["learn", "pack"] if args.stage == "sft" else ["max_prompt_length"]
+    options = {name: getattr(args, name) for name in names}
+    function = getattr(prep, f"prep_{args.stage}")
+    manifest = function(args.tokenizer, args.input, args.out, **options, **_common_kwargs(args))
     if not args.quiet:
-        print(summarize_sft(manifest, args.out))
+        print(summarize_chat(manifest, args.out))
     return 0
 
 
@@ -259,21 +281,28 @@ def _counts_line(manifest: dict[str, Any], out: str) -> str:
     return line
 
 
-def summarize_sft(manifest: dict[str, Any], out: str) -> str:
-    """What a user checks before training: counts, learned-token share, packing, template."""
+def summarize_chat(manifest: dict[str, Any], out: str) -> str:
+    """What a user checks before training: counts, tokens (learned share for SFT), template."""
     tokens, info = manifest["tokens"], manifest["stage_info"]
     template = manifest["template"]
-    masks = "generation blocks" if template["generation_blocks"] else "located answers"
     lines = [
-        f"wrote {out}: {manifest['rows']:,} rows from {info['conversations']:,} conversations "
+        f"wrote {out}: {manifest['rows']:,} {manifest['stage']} rows "
         f"in {len(manifest['shards'])} shard(s)",
         _counts_line(manifest, out),
-        f"  tokens   {tokens['written']:,}, learned {tokens['labels']:,} "
-        f"({100 * tokens['label_share']:.1f}%); {info['truncated']:,} truncated",
-        f"  template {template['name']} (masks from {masks})",
     ]
-    if info["packed"]:
-        lines.append(f"  packing  {100 * info['packing_efficiency']:.1f}% of row capacity used")
+    if manifest["stage"] == "sft":
+        masks = "generation blocks" if template["generation_blocks"] else "located answers"
+        lines.append(
+            f"  tokens   {tokens['written']:,}, learned {tokens['labels']:,} "
+            f"({100 * tokens['label_share']:.1f}%); {info['truncated']:,} truncated "
+            f"(masks from {masks})"
+        )
+        if info["packed"]:
+            lines.append(f"  packing  {100 * info['packing_efficiency']:.1f}% of row capacity used")
+    else:
+        detail = ", ".join(f"{k} {v:,}" for k, v in info.items() if isinstance(v, int))
+        lines.append(f"  tokens   {tokens['written']:,}; {detail}")
+    lines.append(f"  template {template['name']}")
     lines.append(f"  time     {manifest['elapsed_seconds']:.2f} s")
     return "\n".join(lines)
 
@@ -288,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser("prep", help="prepare a corpus into Arrow shards")
     stages = prep.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_prep_pt(stages)
-    _add_prep_sft(stages)
+    for stage in CHAT_STAGES:
+        _add_prep_chat(stages, stage)
+    inspect.add_parser(commands)
     return parser
 
 

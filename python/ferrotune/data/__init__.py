@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ferrotune.data.prep import prep_pt, prep_sft
+from ferrotune.data.prep import prep_dpo, prep_ppo, prep_pt, prep_rm, prep_sft
 from ferrotune.data.template import render_chat_template
 
 if TYPE_CHECKING:
     from ferrotune.data.shards import ShardDataset, read_manifest
 
-__all__ = ["ShardDataset", "prep_pt", "prep_sft", "read_manifest", "render_chat_template"]
+__all__ = [
+    "ShardDataset",
+    "prep_dpo",
+    "prep_ppo",
+    "prep_pt",
+    "prep_rm",
+    "prep_sft",
+    "read_manifest",
+    "render_chat_template",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,15 @@
-"""``prep_*`` functions: thin typed wrappers over the Rust engine that return the manifest."""
+"""``prep_*`` functions: thin wrappers over the Rust engine that return the manifest.
+
+Options every conversation stage (``prep_sft``, ``prep_rm``, ``prep_dpo``,
+``prep_ppo``) takes as keywords: ``template`` (``"auto"``: the tokenizer's own; ``chatml``,
+``qwen``, ``llama3``, ``vicuna``, ``alpaca``; or a ``.jinja`` path), ``system`` (a system prompt
+for conversations without one), ``max_length``, ``overlong`` (``"truncate"`` or ``"drop"``),
+``same_role`` (``"reject"`` or ``"merge"`` two turns of one role in a row), ``format`` (record
+layout: ``"auto"`` or ``sharegpt``, ``openai``, ``alpaca``, ``medicalgpt_preference``,
+``legacy_preference``, ``trl_preference``, ``prompt``), ``workers``, ``skip_bad``,
+``overwrite``, ``quiet``, ``num_shards``, ``shard_index``, ``shard_size``. Unknown keywords are
+refused by name (:class:`ferrotune.errors.ConfigError`).
+"""
 
 from __future__ import annotations
 
@@ -78,59 +89,101 @@ def prep_pt(
     return json.loads(manifest)
 
 
+def _prep_chat(
+    stage: str,
+    tokenizer: PathLike,
+    inputs: PathLike | Sequence[PathLike],
+    out: PathLike,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Sends one conversation stage's options to the engine as JSON; returns the manifest."""
+    if "template" in options:
+        options["template"] = os.fspath(options["template"])
+    if "shard_size" in options:
+        options["shard_size"] = str(options["shard_size"])
+    if options.get("workers") is None:
+        options.pop("workers", None)
+    options.update(tokenizer=os.fspath(tokenizer), inputs=_as_list(inputs), out=os.fspath(out))
+    return json.loads(_native.prep_chat(stage, json.dumps(options)))
+
+
 def prep_sft(
     tokenizer: PathLike,
     inputs: PathLike | Sequence[PathLike],
     out: PathLike,
     *,
-    template: PathLike = "auto",
-    system: str | None = None,
-    max_length: int = 2048,
-    overlong: Literal["truncate", "drop"] = "truncate",
     learn: Literal["all", "last"] = "all",
-    same_role: Literal["reject", "merge"] = "reject",
-    layout: str | None = None,
     pack: bool = False,
-    workers: int | None = None,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    quiet: bool = True,
-    num_shards: int = 1,
-    shard_index: int = 0,
-    shard_size: str | int = "500MB",
+    **options: Any,
 ) -> dict[str, Any]:
     """Renders conversations with the chat template, tokenizes them once, and writes
     ``input_ids``, ``attention_mask`` and ``labels`` (-100 everywhere but the assistant answers,
-    whose closing end-of-turn token is learned) under ``out``.
+    whose closing end-of-turn token is learned) under ``out``; returns the manifest.
 
     ``inputs`` are ``.jsonl``/``.json`` files of ShareGPT (with tools, function calls and
-    observations), OpenAI ``messages`` or Alpaca records, detected per record (``layout`` forces
-    one). ``template`` is ``auto`` (the tokenizer's own), a built-in (chatml, qwen, llama3,
-    vicuna, alpaca) or a ``.jinja`` file; templates with ``{% generation %}`` blocks give the
-    masks transformers' ``return_assistant_tokens_mask`` gives. ``learn="last"`` learns only the
-    final answer. Conversations longer than ``max_length`` are truncated or dropped
-    (``overlong``); those ending on a user turn or with nothing to learn are dropped; all are
-    counted in the manifest. ``pack`` fills ``max_length`` rows best-fit-decreasing with
-    ``position_ids`` restarting per conversation.
+    observations), OpenAI ``messages`` or Alpaca records, detected per record. Templates with
+    ``{% generation %}`` blocks give the masks transformers' ``return_assistant_tokens_mask``
+    gives. ``learn="last"`` learns only the final answer. Conversations longer than
+    ``max_length`` (default 2048) are truncated or dropped; those ending on a user turn or with
+    nothing to learn are dropped; all are counted. ``pack`` fills ``max_length`` rows
+    best-fit-decreasing with ``position_ids`` restarting per conversation. Other keywords: the
+    conversation-stage options of this module's docstring.
     """
-    manifest = _native.prep_sft(
-        os.fspath(tokenizer),
-        _as_list(inputs),
-        os.fspath(out),
-        template=os.fspath(template),
-        system=system,
-        max_length=max_length,
-        overlong=overlong,
-        learn=learn,
-        same_role=same_role,
-        layout=layout,
-        pack=pack,
-        workers=workers or 0,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        quiet=quiet,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        shard_size=str(shard_size),
-    )
-    return json.loads(manifest)
+    return _prep_chat("sft", tokenizer, inputs, out, dict(options, learn=learn, pack=pack))
+
+
+def prep_rm(
+    tokenizer: PathLike,
+    inputs: PathLike | Sequence[PathLike],
+    out: PathLike,
+    *,
+    max_prompt_length: int = 1024,
+    **options: Any,
+) -> dict[str, Any]:
+    """Preference pairs for reward modelling: ``input_ids_chosen``, ``attention_mask_chosen``,
+    ``input_ids_rejected``, ``attention_mask_rejected`` (TRL ``RewardTrainer``'s columns).
+
+    Reads MedicalGPT (``conversations`` + ``chosen`` + ``rejected``, and the legacy
+    ``question``/``response_chosen``/``response_rejected`` layout) and TRL preference records.
+    The prompt is rendered once with the generation prompt and shared by both answers; it keeps
+    its end within ``max_prompt_length``, answers keep their start within ``max_length``.
+    Identical answers are dropped and counted. Other keywords: the conversation-stage options
+    of this module's docstring.
+    """
+    options["max_prompt_length"] = max_prompt_length
+    return _prep_chat("rm", tokenizer, inputs, out, options)
+
+
+def prep_dpo(
+    tokenizer: PathLike,
+    inputs: PathLike | Sequence[PathLike],
+    out: PathLike,
+    *,
+    max_prompt_length: int = 1024,
+    **options: Any,
+) -> dict[str, Any]:
+    """Preference pairs for DPO: ``prompt_input_ids``/``prompt_attention_mask`` and, for chosen
+    and rejected, ``*_input_ids`` (prompt included), ``*_attention_mask`` and ``*_labels``
+    (-100 over the prompt). The prompt is where TRL's DPO trainer puts it: the longest token
+    prefix it shares with both full renderings. Inputs and lengths as :func:`prep_rm`.
+    """
+    options["max_prompt_length"] = max_prompt_length
+    return _prep_chat("dpo", tokenizer, inputs, out, options)
+
+
+def prep_ppo(
+    tokenizer: PathLike,
+    inputs: PathLike | Sequence[PathLike],
+    out: PathLike,
+    *,
+    max_prompt_length: int = 1024,
+    **options: Any,
+) -> dict[str, Any]:
+    """Prompts for PPO rollouts: ``input_ids``/``attention_mask`` of the prompt rendered with
+    the generation prompt, ``query`` (its text) and ``reference`` (the record's answer, or
+    null). Any conversation or preference layout works (a final answer is kept as the
+    reference), as do ``prompt``, ``query`` and ``question``/``answer`` records. Other
+    keywords: the conversation-stage options of this module's docstring.
+    """
+    options["max_prompt_length"] = max_prompt_length
+    return _prep_chat("ppo", tokenizer, inputs, out, options)

@@ -7,6 +7,7 @@
 //! for pretraining data. The Python bindings live in `rust/python`.
 
 pub mod chat;
+pub mod chat_prep;
 pub mod conversation;
 pub mod error;
 pub mod input;
@@ -15,6 +16,8 @@ pub mod mask;
 pub mod output;
 pub mod pack;
 pub mod pipeline;
+pub mod ppo;
+pub mod preference;
 pub mod progress;
 pub mod pt;
 pub mod reader;
@@ -24,8 +27,9 @@ pub mod shard;
 pub mod template;
 pub mod tokenizer;
 
+pub use chat_prep::ChatOptions;
 pub use error::{CoreError, RecordError, Result};
 pub use pipeline::EmptyPolicy;
 pub use pt::{prep_pt, PtOptions};
-pub use sft::{prep_sft, SftOptions};
+pub use sft::prep_sft;
 pub use template::{ChatTemplate, RenderOptions, Rendered};

@@ -1,11 +1,12 @@
 //! Variable-length rows (SFT, RM, DPO, PPO): list columns gathered into Arrow record batches.
 //!
-//! Every column is held as `i32` while a batch fills (ids, labels, masks alike) and written as
-//! `List<int32>` or `List<int8>` (masks) when the batch is flushed to the [`ShardWriter`].
+//! Every list column is held as `i32` while a batch fills (ids, labels, masks alike) and written
+//! as `List<int32>` or `List<int8>` (masks) when the batch is flushed to the [`ShardWriter`];
+//! text columns (PPO's query and reference answer) are nullable strings.
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Int32Array, Int8Array, ListArray, RecordBatch};
+use arrow_array::{ArrayRef, Int32Array, Int8Array, ListArray, RecordBatch, StringArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
@@ -13,11 +14,19 @@ use crate::error::{CoreError, Result};
 use crate::manifest::Column;
 use crate::shard::{ShardInfo, ShardWriter};
 
-/// The Arrow type of a list column's items.
+/// The Arrow type of a column: a list of int32 or int8, or a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
     Int32,
     Int8,
+    Text,
+}
+
+/// One cell of a row.
+#[derive(Debug, Clone, Copy)]
+pub enum Cell<'a> {
+    Ints(&'a [i32]),
+    Text(Option<&'a str>),
 }
 
 /// A schema of list columns. Item fields are named `item` and nullable, as pyarrow's defaults.
@@ -33,6 +42,7 @@ fn list_type(item: Item) -> DataType {
     let item = match item {
         Item::Int32 => DataType::Int32,
         Item::Int8 => DataType::Int8,
+        Item::Text => return DataType::Utf8,
     };
     DataType::List(Arc::new(Field::new("item", item, true)))
 }
@@ -55,6 +65,7 @@ pub struct RowBatcher {
     items: Vec<Item>,
     values: Vec<Vec<i32>>,
     offsets: Vec<Vec<i32>>,
+    texts: Vec<Vec<Option<String>>>,
     batch_rows: usize,
     pending: usize,
     writer: ShardWriter,
@@ -74,6 +85,7 @@ impl RowBatcher {
             items,
             values: vec![Vec::new(); columns],
             offsets: vec![vec![0]; columns],
+            texts: vec![Vec::new(); columns],
             batch_rows: batch_rows.max(1),
             pending: 0,
             writer,
@@ -81,13 +93,18 @@ impl RowBatcher {
         }
     }
 
-    /// Appends one row: one slice per column, in schema order.
-    pub fn push(&mut self, row: &[&[i32]]) -> Result<()> {
+    /// Appends one row: one cell per column, in schema order.
+    pub fn push(&mut self, row: &[Cell<'_>]) -> Result<()> {
         debug_assert_eq!(row.len(), self.items.len());
-        for (column, cells) in row.iter().enumerate() {
-            self.values[column].extend_from_slice(cells);
-            let end = self.values[column].len() as i32;
-            self.offsets[column].push(end);
+        for (column, cell) in row.iter().enumerate() {
+            match cell {
+                Cell::Ints(values) => {
+                    self.values[column].extend_from_slice(values);
+                    let end = self.values[column].len() as i32;
+                    self.offsets[column].push(end);
+                }
+                Cell::Text(text) => self.texts[column].push(text.map(str::to_string)),
+            }
         }
         self.pending += 1;
         self.rows += 1;
@@ -103,6 +120,11 @@ impl RowBatcher {
         }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.items.len());
         for (column, item) in self.items.iter().enumerate() {
+            if *item == Item::Text {
+                let texts = std::mem::take(&mut self.texts[column]);
+                arrays.push(Arc::new(StringArray::from(texts)));
+                continue;
+            }
             let values = std::mem::take(&mut self.values[column]);
             let offsets = std::mem::replace(&mut self.offsets[column], vec![0]);
             let values: ArrayRef = match item {
@@ -110,6 +132,7 @@ impl RowBatcher {
                 Item::Int8 => {
                     Arc::new(Int8Array::from_iter_values(values.iter().map(|&v| v as i8)))
                 }
+                Item::Text => unreachable!("text columns are built above"),
             };
             let field = Arc::new(Field::new("item", values.data_type().clone(), true));
             let offsets = OffsetBuffer::new(offsets.into());

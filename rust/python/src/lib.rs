@@ -10,14 +10,13 @@ use std::sync::Arc;
 use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
-use ferrotune_core::conversation::{Layout, SameRole};
 use ferrotune_core::input::Format;
-use ferrotune_core::mask::Learn;
 use ferrotune_core::pack::LastBlock;
+use ferrotune_core::ppo::prep_ppo;
+use ferrotune_core::preference::{prep_pairs, Kind};
 use ferrotune_core::reader::DocSep;
-use ferrotune_core::sft::Overlong;
 use ferrotune_core::shard::parse_size;
-use ferrotune_core::{ChatTemplate, CoreError, EmptyPolicy, PtOptions, RenderOptions, SftOptions};
+use ferrotune_core::{ChatOptions, ChatTemplate, CoreError, EmptyPolicy, PtOptions, RenderOptions};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -180,60 +179,36 @@ fn prep_pt(
 }
 
 /// Parses one JSON argument of `render_chat_template`.
-/// Renders, masks, tokenizes (and optionally packs) conversations for SFT; returns the manifest
-/// as JSON.
+/// Runs a conversation stage (`sft`, `rm`, `dpo`, `ppo`) with its options as one JSON object;
+/// returns the manifest as JSON.
 #[pyfunction]
-#[pyo3(signature = (
-    tokenizer, inputs, out, *, template="auto".to_string(), system=None, max_length=2048,
-    overlong="truncate".to_string(), learn="all".to_string(), same_role="reject".to_string(),
-    layout=None, pack=false, workers=0, skip_bad=false, overwrite=false, quiet=true,
-    num_shards=1, shard_index=0, shard_size="500MB".to_string()
-))]
-#[allow(clippy::too_many_arguments)]
-fn prep_sft(
-    py: Python<'_>,
-    tokenizer: std::path::PathBuf,
-    inputs: Vec<String>,
-    out: std::path::PathBuf,
-    template: String,
-    system: Option<String>,
-    max_length: usize,
-    overlong: String,
-    learn: String,
-    same_role: String,
-    layout: Option<String>,
-    pack: bool,
-    workers: usize,
-    skip_bad: bool,
-    overwrite: bool,
-    quiet: bool,
-    num_shards: usize,
-    shard_index: usize,
-    shard_size: String,
-) -> PyResult<String> {
-    let options = (|| -> Result<SftOptions, CoreError> {
-        Ok(SftOptions {
-            template,
-            system,
-            max_length,
-            overlong: Overlong::parse(&overlong)?,
-            learn: Learn::parse(&learn)?,
-            same_role: SameRole::parse(&same_role)?,
-            layout: Layout::parse_option(layout.as_deref().unwrap_or("auto"))?,
-            pack,
-            workers,
-            skip_bad,
-            overwrite,
-            quiet,
-            num_shards,
-            shard_index,
-            shard_size: parse_size(&shard_size)?,
-            ..SftOptions::new(tokenizer, inputs, out)
-        })
-    })()
-    .map_err(|e| to_py_err(py, e))?;
-    let manifest = run_interruptible(py, move |cancel| ferrotune_core::prep_sft(&options, cancel))?;
+fn prep_chat(py: Python<'_>, stage: &str, options_json: &str) -> PyResult<String> {
+    let options = ChatOptions::from_json(options_json).map_err(|e| to_py_err(py, e))?;
+    let stage = match stage {
+        "sft" => Stage::Sft,
+        "rm" => Stage::Pairs(Kind::Rm),
+        "dpo" => Stage::Pairs(Kind::Dpo),
+        "ppo" => Stage::Ppo,
+        other => {
+            let error = CoreError::config(
+                "stage",
+                format!("'{other}' is not one of sft, rm, dpo, ppo"),
+            );
+            return Err(to_py_err(py, error));
+        }
+    };
+    let manifest = run_interruptible(py, move |cancel| match stage {
+        Stage::Sft => ferrotune_core::prep_sft(&options, cancel),
+        Stage::Pairs(kind) => prep_pairs(kind, &options, cancel),
+        Stage::Ppo => prep_ppo(&options, cancel),
+    })?;
     Ok(serde_json::to_string(&manifest).expect("the manifest serializes"))
+}
+
+enum Stage {
+    Sft,
+    Pairs(Kind),
+    Ppo,
 }
 
 fn parse_json(name: &str, text: &str) -> PyResult<serde_json::Value> {
@@ -320,7 +295,7 @@ fn render_chat_template(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
-    m.add_function(wrap_pyfunction!(prep_sft, m)?)?;
+    m.add_function(wrap_pyfunction!(prep_chat, m)?)?;
     m.add_function(wrap_pyfunction!(render_chat_template, m)?)?;
     Ok(())
 }

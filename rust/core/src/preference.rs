@@ -1,0 +1,287 @@
+//! `prep rm` and `prep dpo`: preference pairs → a shared prompt and two answers, tokenized.
+//!
+//! Per pair: the prompt is rendered once with the generation prompt; prompt + chosen and
+//! prompt + rejected are rendered whole; all three are tokenized once. As TRL's DPO trainer
+//! does, the prompt is the longest token prefix the prompt shares with both full renderings
+//! (templates such as Qwen3's render a final answer with an extra header, and tokens can merge
+//! across the boundary), and each answer is the rest of its rendering. So our DPO labels mask
+//! the prompt exactly where TRL's `completion_mask` does.
+//!
+//! Lengths: the prompt keeps its end (`--max-prompt-length`), answers keep their start (the rest
+//! of `--max-length`); with `--overlong drop` such pairs are dropped instead. Pairs whose answers
+//! are identical are dropped (`identical_pair`): they carry no preference.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::{json, Value};
+
+use crate::chat_prep::{
+    json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong,
+};
+use crate::conversation::{self, Layout};
+use crate::error::{CoreError, Result};
+use crate::manifest::Manifest;
+use crate::pipeline::{Outcome, Stage};
+use crate::reader::RawRecord;
+use crate::rows::{Cell, Item};
+use crate::template::{ChatTemplate, RenderOptions};
+use crate::tokenizer::LoadedTokenizer;
+
+/// Which preference stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reward modelling: the two full sequences.
+    Rm,
+    /// DPO: prompt, and each full sequence with labels -100 over the prompt.
+    Dpo,
+}
+
+const LAYOUTS: [Layout; 3] = [
+    Layout::MedicalGptPreference,
+    Layout::LegacyPreference,
+    Layout::TrlPreference,
+];
+
+/// One tokenized pair.
+pub struct PairRow {
+    prompt: Vec<i32>,
+    chosen: Vec<i32>,
+    rejected: Vec<i32>,
+    prompt_truncated: bool,
+    answer_truncated: bool,
+    /// The prompt alone tokenized differently from the start of the full rendering.
+    prefix_mismatch: bool,
+}
+
+/// Runs `prep rm` or `prep dpo` and returns the manifest it wrote.
+pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
+    let run = ChatRun::open(options)?;
+    let stage = PairStage {
+        tokenizer: &run.tokenizer,
+        template: &run.template,
+        render: &run.render,
+        options,
+    };
+    let columns: &[(&str, Item)] = match kind {
+        Kind::Rm => &[
+            ("input_ids_chosen", Item::Int32),
+            ("attention_mask_chosen", Item::Int8),
+            ("input_ids_rejected", Item::Int32),
+            ("attention_mask_rejected", Item::Int8),
+        ],
+        Kind::Dpo => &[
+            ("prompt_input_ids", Item::Int32),
+            ("prompt_attention_mask", Item::Int8),
+            ("chosen_input_ids", Item::Int32),
+            ("chosen_attention_mask", Item::Int8),
+            ("chosen_labels", Item::Int32),
+            ("rejected_input_ids", Item::Int32),
+            ("rejected_attention_mask", Item::Int8),
+            ("rejected_labels", Item::Int32),
+        ],
+    };
+    let mut totals = [0u64; 6]; // prompt, chosen, rejected tokens; 3 counters below
+    let pending = run.run(
+        options,
+        kind.label(),
+        &stage,
+        columns,
+        cancel,
+        |pair, batcher| {
+            totals[0] += pair.prompt.len() as u64;
+            totals[1] += pair.chosen.len() as u64;
+            totals[2] += pair.rejected.len() as u64;
+            totals[3] += u64::from(pair.prompt_truncated);
+            totals[4] += u64::from(pair.answer_truncated);
+            totals[5] += u64::from(pair.prefix_mismatch);
+            let full = |answer: &[i32]| [pair.prompt.as_slice(), answer].concat();
+            let (chosen, rejected) = (full(&pair.chosen), full(&pair.rejected));
+            let ones = |ids: &[i32]| vec![1; ids.len()];
+            match kind {
+                Kind::Rm => batcher.push(&[
+                    Cell::Ints(&chosen),
+                    Cell::Ints(&ones(&chosen)),
+                    Cell::Ints(&rejected),
+                    Cell::Ints(&ones(&rejected)),
+                ])?,
+                Kind::Dpo => {
+                    let labels = |answer: &[i32]| {
+                        let mut labels = vec![-100; pair.prompt.len()];
+                        labels.extend_from_slice(answer);
+                        labels
+                    };
+                    batcher.push(&[
+                        Cell::Ints(&pair.prompt),
+                        Cell::Ints(&ones(&pair.prompt)),
+                        Cell::Ints(&chosen),
+                        Cell::Ints(&ones(&chosen)),
+                        Cell::Ints(&labels(&pair.chosen)),
+                        Cell::Ints(&rejected),
+                        Cell::Ints(&ones(&rejected)),
+                        Cell::Ints(&labels(&pair.rejected)),
+                    ])?
+                }
+            }
+            Ok((chosen.len() + rejected.len()) as u64)
+        },
+    )?;
+    let written = pending.close()?;
+    let pairs = written.totals.counts.written;
+    let stage_options = json!({"max_prompt_length": options.max_prompt_length});
+    let tokens = json!({
+        "prompt": totals[0],
+        "chosen": totals[1],
+        "rejected": totals[2],
+        "written": 2 * totals[0] + totals[1] + totals[2],
+    });
+    let stage_info = json!({
+        "pairs": pairs,
+        "truncated_prompts": totals[3],
+        "truncated_answers": totals[4],
+        "prompt_prefix_mismatches": totals[5],
+    });
+    let name = match kind {
+        Kind::Rm => "rm",
+        Kind::Dpo => "dpo",
+    };
+    run.finish(
+        name,
+        options,
+        stage_options,
+        written,
+        tokens,
+        stage_info,
+        cancel,
+    )
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Rm => "prep rm",
+            Kind::Dpo => "prep dpo",
+        }
+    }
+}
+
+/// The length of the common prefix of two token sequences.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+struct PairStage<'a> {
+    tokenizer: &'a LoadedTokenizer,
+    template: &'a ChatTemplate,
+    render: &'a RenderOptions,
+    options: &'a ChatOptions,
+}
+
+impl PairStage<'_> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode_with_offsets(text)
+            .map(|(ids, _)| ids)
+            .map_err(|message| CoreError::Tokenizer {
+                path: self.tokenizer.info.path.clone(),
+                message: format!("encoding failed: {message}"),
+            })
+    }
+}
+
+impl Stage for PairStage<'_> {
+    type Row = PairRow;
+
+    fn process(&self, record: RawRecord, path: &Path) -> Result<Outcome<PairRow>> {
+        let record = match json_object(record, path) {
+            Ok(record) => record,
+            Err(outcome) => return Ok(outcome),
+        };
+        let layout = match layout_of(&record, self.options.layout, &LAYOUTS) {
+            Ok(layout) => layout,
+            Err(outcome) => return Ok(outcome),
+        };
+        let problem = |reason, field, message| record.problem(reason, field, message);
+        let mut pair = match conversation::preference(&record.map, layout, self.options.same_role) {
+            Ok(pair) => pair,
+            Err(p) => return Ok(Outcome::Bad(problem(p.reason, p.field, p.message))),
+        };
+        if pair.chosen == pair.rejected {
+            let message = "chosen and rejected are identical".to_string();
+            return Ok(Outcome::Dropped(problem("identical_pair", None, message)));
+        }
+        with_default_system(&mut pair.prompt.messages, self.options.system.as_deref());
+        let options = RenderOptions {
+            tools: pair.prompt.tools.clone(),
+            ..self.render.clone()
+        };
+        let render = |messages: Vec<Value>, generation_prompt: bool| {
+            let options = RenderOptions {
+                add_generation_prompt: generation_prompt,
+                ..options.clone()
+            };
+            self.template
+                .render(&Value::Array(messages), &options)
+                .map(|r| r.text)
+        };
+        let prompt_messages = pair.prompt.messages.clone();
+        let with = |answer: &[Value]| [prompt_messages.as_slice(), answer].concat();
+        let texts = render(prompt_messages.clone(), true).and_then(|prompt| {
+            Ok((
+                prompt,
+                render(with(&pair.chosen), false)?,
+                render(with(&pair.rejected), false)?,
+            ))
+        });
+        let (prompt_text, chosen_text, rejected_text) = match texts {
+            Ok(texts) => texts,
+            Err(e) => return Ok(Outcome::Bad(problem("template_error", None, e.to_string()))),
+        };
+        let prompt_ids = self.encode(&prompt_text)?;
+        let chosen_ids = self.encode(&chosen_text)?;
+        let rejected_ids = self.encode(&rejected_text)?;
+        let shared =
+            common_prefix(&prompt_ids, &chosen_ids).min(common_prefix(&prompt_ids, &rejected_ids));
+        let as_i32 = |ids: &[u32]| ids.iter().map(|&id| id as i32).collect::<Vec<i32>>();
+        let mut row = PairRow {
+            prompt: as_i32(&prompt_ids[..shared]),
+            chosen: as_i32(&chosen_ids[shared..]),
+            rejected: as_i32(&rejected_ids[shared..]),
+            prompt_truncated: false,
+            answer_truncated: false,
+            prefix_mismatch: shared < prompt_ids.len(),
+        };
+        if row.chosen.is_empty() || row.rejected.is_empty() {
+            let message = "an answer renders to no tokens".to_string();
+            return Ok(Outcome::Dropped(problem("empty_answer", None, message)));
+        }
+        let drop = self.options.overlong == Overlong::Drop;
+        let max_prompt = self
+            .options
+            .max_prompt_length
+            .min(self.options.max_length - 1);
+        if row.prompt.len() > max_prompt {
+            if drop {
+                let message = format!("prompt of {} tokens > {max_prompt}", row.prompt.len());
+                return Ok(Outcome::Dropped(problem("prompt_too_long", None, message)));
+            }
+            row.prompt.drain(..row.prompt.len() - max_prompt);
+            row.prompt_truncated = true;
+        }
+        let budget = self.options.max_length - row.prompt.len();
+        for answer in [&mut row.chosen, &mut row.rejected] {
+            if answer.len() > budget {
+                if drop {
+                    let message = format!(
+                        "an answer does not fit in --max-length {}",
+                        self.options.max_length
+                    );
+                    return Ok(Outcome::Dropped(problem("too_long", None, message)));
+                }
+                answer.truncate(budget);
+                row.answer_truncated = true;
+            }
+        }
+        Ok(Outcome::Row(row))
+    }
+}
