@@ -498,8 +498,9 @@ def check_sample(results: Sequence[Result], rows: Sequence[int]) -> bool:
             "that may hold different records past the first one left out"
         )
     ok = True
+    first = [i for i in rows if i < CHECK_PAIRS]
     for label, group in (
-        (f"first {CHECK_PAIRS} pairs", [i for i in rows if i < CHECK_PAIRS]),
+        (f"first {len(first)} pairs", first),
         ("distinct tool-call pairs", [i for i in rows if i >= CHECK_PAIRS]),
     ):
         if not group:
