@@ -192,3 +192,40 @@ def test_truncate_or_drop_overlong_conversations(qwen_tokenizer, sft_files, tmp_
     )
     assert max(len(r["input_ids"]) for r in read_rows(tmp_path / "cut")) == 256
     assert np.all([len(r["input_ids"]) <= 256 for r in read_rows(tmp_path / "drop")])
+
+
+REASONING = [
+    [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n2+2 is 4."},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "<think>\nAdd again.\n</think>\n\n3+3 is 6."},
+    ],
+    [
+        {"role": "system", "content": "Think first."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "<think>\nHistory.\n</think>\n\nIt has been since 987."},
+    ],
+]
+
+
+def test_every_turn_is_learned_when_the_template_drops_earlier_reasoning(
+    qwen_tokenizer, hf_qwen, tmp_path
+):
+    """Qwen3's template renders the reasoning of the last answer only: earlier answers lose
+    their <think> block, so neither prefixes nor substituted contents match the rendering."""
+    source = tmp_path / "reasoning.jsonl"
+    source.write_text("".join(json.dumps({"messages": m}) + "\n" for m in REASONING))
+    prep_sft(qwen_tokenizer, source, tmp_path / "sft", max_length=NO_LIMIT)
+    rows = read_rows(tmp_path / "sft")
+    for row, messages in zip(rows, REASONING, strict=True):
+        text = hf_qwen.apply_chat_template(messages, tokenize=False)
+        assert text.count("<think>\n") == 1, "only the last answer keeps its reasoning"
+        encoded = hf_qwen(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert row["input_ids"] == encoded["input_ids"]
+        expected = reference_labels(text, encoded["offset_mapping"], encoded["input_ids"])
+        assert row["labels"] == expected
+    last = prep_sft(qwen_tokenizer, source, tmp_path / "last", max_length=NO_LIMIT, learn="last")
+    assert last["tokens"]["labels"] < sum(sum(t != -100 for t in row["labels"]) for row in rows)

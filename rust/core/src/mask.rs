@@ -1,6 +1,6 @@
 //! Which bytes of a rendered conversation the model learns: the assistant answers.
 //!
-//! Three ways, tried in order (DESIGN §4):
+//! Four ways, tried in order (DESIGN §4):
 //! 1. `{% generation %}` blocks, where the template has them: exactly what transformers'
 //!    `return_assistant_tokens_mask` uses.
 //! 2. Placeholders: render once more with a unique private-use placeholder in place of each
@@ -10,15 +10,19 @@
 //!    assistant turn, so renderings of prefixes are not prefixes of the whole). Searching for
 //!    the content text itself would be fragile (a user message "i" is found inside
 //!    `<|im_end|>`).
-//! 3. Where the template transforms contents so that substitution does not reproduce the
-//!    rendering, each content is located in order after the previous one; failing that, the
+//! 3. Where the template transforms the answers so that substitution does not reproduce the
+//!    rendering (Qwen3 splits `<think>` reasoning off an answer and renders it apart, or not
+//!    at all), placeholders stand in for the other messages only, and each answer turn runs
+//!    from its assistant header to its end-of-turn token: what the model generates there,
+//!    reasoning included, is learned.
+//! 4. Otherwise each content is located in order after the previous one; failing that, the
 //!    record is bad, naming the turn.
 //!
 //! An answer's span is extended over the end-of-turn token that closes it (`<|im_end|>`,
 //! `<|eot_id|>`): the model must learn to stop. Whitespace the template adds after that token
 //! is not learned. Assistant turns that only call tools have no content to stand in for: their
-//! span runs from the assistant header to the end-of-turn token, found by rendering the
-//! placeholder conversation up to that turn (with and without the generation prompt).
+//! span runs from the assistant header (what the generation prompt adds) to the end-of-turn
+//! token, as in way 3.
 
 use serde_json::Value;
 
@@ -84,30 +88,42 @@ pub fn learned_spans(
         };
         return Ok(spans);
     }
-    let placeholders = Placeholders::new(messages);
-    let rendered = template
-        .render(&Value::Array(placeholders.messages.clone()), options)
-        .map_err(|e| MaskError {
-            turn: None,
-            message: format!("rendering with placeholders failed: {e}"),
-        })?;
-    let spans = match placeholders.substitute(&rendered.text, messages, text) {
-        Some(content_spans) => {
-            let mut spans = Vec::with_capacity(wanted.len());
-            for &turn in &wanted {
-                let span = match content_spans[turn] {
-                    Some((start, end)) => (start, extend_over_end_token(text, end, end_tokens)),
-                    None => {
-                        let real = (messages, rendered.text.as_str());
-                        tool_call_span(template, &placeholders, options, real, turn, end_tokens)?
-                    }
-                };
-                spans.push(span);
-            }
-            spans
-        }
-        None => locate_in_order(messages, text, &wanted, end_tokens)?,
+    let render = |placeholders: &Placeholders| {
+        template
+            .render(&Value::Array(placeholders.messages.clone()), options)
+            .map(|r| r.text)
+            .map_err(|e| MaskError {
+                turn: None,
+                message: format!("rendering with placeholders failed: {e}"),
+            })
     };
+    // 1. Every content replaced: exact content spans.
+    let placeholders = Placeholders::new(messages, |_| true);
+    let rendered = render(&placeholders)?;
+    if let Some(content_spans) = placeholders.substitute(&rendered, messages, text) {
+        let real = (messages, rendered.as_str());
+        return wanted
+            .iter()
+            .map(|&turn| match content_spans[turn] {
+                Some((start, end)) => Ok((start, extend_over_end_token(text, end, end_tokens))),
+                None => turn_span(template, &placeholders, options, real, turn, end_tokens),
+            })
+            .collect();
+    }
+    // 2. The template rewrites answers (Qwen3 splits off reasoning): keep the answers real,
+    // anchor on the other messages, and take each answer turn from its header to its
+    // end-of-turn token.
+    let anchors = Placeholders::new(messages, |message| message["role"] != "assistant");
+    let anchored = render(&anchors)?;
+    if anchors.substitute(&anchored, messages, text).is_some() {
+        let real = (messages, anchored.as_str());
+        return wanted
+            .iter()
+            .map(|&turn| turn_span(template, &anchors, options, real, turn, end_tokens))
+            .collect();
+    }
+    // 3. Contents located in order, or a clear error.
+    let spans = locate_in_order(messages, text, &wanted, end_tokens)?;
     Ok(spans)
 }
 
@@ -123,12 +139,14 @@ struct Placeholders {
 }
 
 impl Placeholders {
-    fn new(messages: &[Value]) -> Placeholders {
+    /// Replaces the contents of the messages `replace` picks.
+    fn new(messages: &[Value], replace: impl Fn(&Value) -> bool) -> Placeholders {
         let mut copies = Vec::with_capacity(messages.len());
         let mut marks = Vec::with_capacity(messages.len());
         for (index, message) in messages.iter().enumerate() {
             let mut copy = message.clone();
             let has_content = message["content"].as_str().is_some_and(|c| !c.is_empty());
+            let has_content = has_content && replace(message);
             if has_content {
                 let mark = format!("{OPEN}{index}{CLOSE}");
                 copy["content"] = Value::String(mark.clone());
@@ -212,13 +230,14 @@ fn extend_over_end_token(text: &str, end: usize, end_tokens: &[String]) -> usize
     }
 }
 
-/// The span of an assistant turn that only calls tools (it has no content to stand in for).
+/// The span of an assistant turn without a placeholder of its own (it only calls tools, or the
+/// template rewrites its content).
 ///
 /// The turn's header is what the generation prompt adds after the turns before it; the span
 /// runs from the end of that header, found after the previous placeholder, to the first
 /// end-of-turn token. (Rendering the conversation up to the turn would not do: templates such
 /// as Qwen3's render a final assistant turn differently from an earlier one.)
-fn tool_call_span(
+fn turn_span(
     template: &ChatTemplate,
     placeholders: &Placeholders,
     options: &RenderOptions,
@@ -228,7 +247,7 @@ fn tool_call_span(
 ) -> Result<(usize, usize), MaskError> {
     let fail = |why: String| MaskError {
         turn: Some(turn),
-        message: format!("cannot locate the tool-call turn: {why}"),
+        message: format!("cannot locate the assistant turn: {why}"),
     };
     let render = |generation_prompt: bool| {
         let options = RenderOptions {
