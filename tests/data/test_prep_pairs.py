@@ -177,7 +177,8 @@ def test_bad_and_identical_pairs(qwen_tokenizer, tmp_path):
     source.write_text("\n".join(json.dumps(r) for r in (good, same, missing)) + "\n")
     with pytest.raises(DataError) as caught:
         prep_dpo(qwen_tokenizer, source, tmp_path / "out")
-    assert (caught.value.line, caught.value.reason) == (3, "unknown_layout")
+    error = caught.value
+    assert (error.line, error.reason, error.field) == (3, "missing_field", "rejected")
     assert not (tmp_path / "out").exists()
     manifest = prep_dpo(qwen_tokenizer, source, tmp_path / "out", skip_bad=True)
     counts = manifest["counts"]
@@ -204,3 +205,12 @@ def test_ppo_prompts_with_references(qwen_tokenizer, hf_qwen, medicalgpt, tmp_pa
     row = read_rows(tmp_path / "from_sft")[0]
     assert row["reference"] == first["conversations"][-1]["value"]
     assert len(row["input_ids"]) <= 64
+
+
+def test_identical_bytes_for_any_worker_count(qwen_tokenizer, reward_files, tmp_path):
+    digests = [
+        [s["sha256"] for s in prep_dpo(qwen_tokenizer, reward_files, tmp_path / f"w{w}",
+                                       workers=w)["shards"]]
+        for w in (1, 2)
+    ]  # fmt: skip
+    assert digests[0] == digests[1]

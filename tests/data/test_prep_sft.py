@@ -229,3 +229,26 @@ def test_every_turn_is_learned_when_the_template_drops_earlier_reasoning(
         assert row["labels"] == expected
     last = prep_sft(qwen_tokenizer, source, tmp_path / "last", max_length=NO_LIMIT, learn="last")
     assert last["tokens"]["labels"] < sum(sum(t != -100 for t in row["labels"]) for row in rows)
+
+
+@pytest.mark.parametrize("name", ["chatml", "qwen", "llama3", "vicuna", "alpaca"])
+def test_builtin_templates_render_and_mask_as_transformers(example_tokenizer, name, tmp_path):
+    from ferrotune.data import builtin_templates
+
+    source = builtin_templates()[name]
+    hf = transformers.AutoTokenizer.from_pretrained(example_tokenizer)
+    conversations = [REASONING[1][:3], [m for m in REASONING[1] if m["role"] != "system"]]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
+    prep_sft(example_tokenizer, path, tmp_path / "sft", template=name, max_length=NO_LIMIT)
+    for row, messages in zip(read_rows(tmp_path / "sft"), conversations, strict=True):
+        encoded = hf.apply_chat_template(
+            messages, chat_template=source, tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True,
+        )  # fmt: skip
+        assert row["input_ids"] == encoded["input_ids"]
+        mask = encoded["assistant_masks"]
+        assert row["labels"] == [
+            t if m else -100 for t, m in zip(row["input_ids"], mask, strict=True)
+        ]
+        assert any(mask)

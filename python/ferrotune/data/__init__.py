@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ferrotune.data.prep import prep_dpo, prep_ppo, prep_pt, prep_rm, prep_sft
-from ferrotune.data.template import render_chat_template
+from ferrotune.data.template import builtin_templates, render_chat_template
 
 if TYPE_CHECKING:
     from ferrotune.data.shards import ShardDataset, read_manifest
 
 __all__ = [
     "ShardDataset",
+    "builtin_templates",
     "prep_dpo",
     "prep_ppo",
     "prep_pt",

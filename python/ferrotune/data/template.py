@@ -52,3 +52,10 @@ def render_chat_template(
         name=name,
     )
     return text, [tuple(span) for span in spans]
+
+
+def builtin_templates() -> dict[str, str]:
+    """The built-in chat templates that ``--template NAME`` picks (chatml, qwen, llama3, vicuna,
+    alpaca), name → Jinja source. They carry ``{% generation %}`` blocks, so transformers'
+    ``return_assistant_tokens_mask`` works with them too."""
+    return dict(_native.builtin_templates())

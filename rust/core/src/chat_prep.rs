@@ -437,6 +437,21 @@ pub fn layout_of<R>(
     forced: Option<Layout>,
     allowed: &[Layout],
 ) -> std::result::Result<Layout, Outcome<R>> {
+    // A preference record missing one of its answers is detected as something else: say which
+    // field is missing rather than that no layout fits.
+    let has = |key: &str| record.map.contains_key(key);
+    if forced.is_none()
+        && allowed.iter().any(|l| l.is_preference())
+        && has("chosen") != has("rejected")
+    {
+        let missing = if has("chosen") { "rejected" } else { "chosen" };
+        let message = format!("no field '{missing}'");
+        return Err(Outcome::Bad(record.problem(
+            "missing_field",
+            Some(missing.into()),
+            message,
+        )));
+    }
     let detected = forced.or_else(|| Layout::detect(&record.map));
     match detected {
         Some(layout) if allowed.contains(&layout) => Ok(layout),

@@ -210,6 +210,12 @@ fn prep_chat(py: Python<'_>, stage: &str, options_json: &str) -> PyResult<String
     Ok(serde_json::to_string(&manifest).expect("the manifest serializes"))
 }
 
+/// The built-in chat templates (`--template NAME`), name → Jinja source.
+#[pyfunction]
+fn builtin_templates() -> Vec<(&'static str, &'static str)> {
+    ferrotune_core::chat::BUILTINS.to_vec()
+}
+
 enum Stage {
     Sft,
     Pairs(Kind),
@@ -301,6 +307,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
     m.add_function(wrap_pyfunction!(prep_chat, m)?)?;
+    m.add_function(wrap_pyfunction!(builtin_templates, m)?)?;
     m.add_function(wrap_pyfunction!(render_chat_template, m)?)?;
     Ok(())
 }
