@@ -1,0 +1,253 @@
+"""Per-token log-probs and cross-entropy straight from hidden states and the lm_head weight.
+
+The logits ``hidden @ weight.T`` are made one vocabulary slice at a time, ``(M, C)`` with ``C``
+chosen so that one slice fits a memory budget; the full (N, V) logits never exist.
+
+- Only the rows that are scored (label not ignored) go through the lm_head: prompt tokens of SFT
+  and DPO cost nothing.
+- Forward: each slice's logits are folded into the fp32 online log-sum-exp of ``rows.scan``.
+- Backward: each slice's logits are made again, overwritten in place by their gradient
+  (``rows.grad``), then ``grad_weight[slice] = g.T @ hidden`` in one matmul over every token, so
+  the weight gradient is accumulated in fp32 inside that matmul and rounded once, with no fp32
+  (V, H) buffer; ``grad_hidden += g @ weight[slice]`` accumulates in an fp32 (M, H) buffer.
+
+Slicing the vocabulary rather than the tokens costs one more lm_head matmul (the forward's logits
+are made again in the backward: about 41 instead of 31 TFLOP at N = 8192, H = 4096, V = 151936)
+and buys a weight gradient accumulated in fp32 without 2.5 GB of fp32 (V, H) accumulator, and a
+backward that serves any per-token upstream gradient (DPO's and PPO's, not only a mean loss).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ferrotune_kernels import backend, rows
+from ferrotune_kernels.labels import (
+    at_label_positions,
+    check_shapes,
+    check_targets,
+    reduce_nll,
+    row_targets,
+)
+from ferrotune_kernels.token_logprobs import token_logprobs_ref
+
+# Bytes of logits per vocabulary slice. On a GPU 512 MiB keeps the matmuls large (N = 8192 tokens
+# give slices of 32768 columns in bf16) while staying well inside the "1 GiB beyond inputs and
+# gradients" budget; on the CPU the PyTorch twin adds fp32 temporaries of its own, so less.
+CUDA_SLICE_BYTES = 512 << 20
+CPU_SLICE_BYTES = 64 << 20
+
+
+def slice_columns(rows_: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Vocabulary columns per slice: the budget's worth, a multiple of 128 (whole GEMM tiles)."""
+    budget = CUDA_SLICE_BYTES if device.type == "cuda" else CPU_SLICE_BYTES
+    element = torch.empty((), dtype=dtype).element_size()
+    columns = budget // max(1, rows_ * element)
+    return min(vocab, max(128, columns // 128 * 128))
+
+
+def _slice_logits(hidden, weight, bias, start, stop):
+    """(M, C) logits of vocab ids ``start .. stop`` in the weight's dtype."""
+    if bias is None:
+        return hidden @ weight[start:stop].T
+    return torch.addmm(bias[start:stop], hidden, weight[start:stop].T)
+
+
+def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` fp32 and the product accumulated in fp32 before it is added."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif a.is_cuda:
+        acc += torch.mm(a, b, out_dtype=acc.dtype)
+    else:  # bf16/fp16 on the CPU: no out_dtype there; the product is rounded once, then added
+        acc += (a @ b).to(acc.dtype)
+
+
+class LinearTokenLogprobsFunction(torch.autograd.Function):
+    """(M, H) scored rows, (V, H) weight, (V,) bias, (M,) targets → (M,) log-probs [, entropy]."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, options):
+        temperature, ignore_index, want_entropy, which, columns = options
+        state = None
+        for start in range(0, weight.shape[0], columns):
+            stop = min(start + columns, weight.shape[0])
+            logits = _slice_logits(hidden, weight, bias, start, stop)  # (M, C)
+            state = rows.scan(
+                logits.unsqueeze(0),
+                targets,
+                state,
+                col_start=start,
+                temperature=temperature,
+                ignore_index=ignore_index,
+                entropy=want_entropy,
+                backend=which,
+            )
+        logp, entropy, stats = rows.finish(state, targets, ignore_index)
+        ctx.save_for_backward(hidden, weight, bias, targets, stats)
+        ctx.options = options
+        ctx.set_materialize_grads(False)
+        return (logp, entropy) if want_entropy else logp
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy=None):
+        hidden, weight, bias, targets, stats = ctx.saved_tensors
+        temperature, ignore_index, _, which, columns = ctx.options
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = None
+        if need_hidden:  # fp32 (M, H): the sum over vocabulary slices
+            grad_hidden = torch.zeros(hidden.shape, dtype=stats.dtype, device=hidden.device)
+        grad_weight = torch.empty_like(weight) if need_weight else None
+        grad_bias = torch.empty_like(bias) if need_bias else None
+        for start in range(0, weight.shape[0], columns):
+            stop = min(start + columns, weight.shape[0])
+            g = _slice_logits(hidden, weight, bias, start, stop)  # (M, C), becomes its gradient
+            rows.grad(
+                g.unsqueeze(0),
+                targets,
+                stats,
+                grad_logp,
+                grad_entropy,
+                g.unsqueeze(0),
+                col_start=start,
+                temperature=temperature,
+                ignore_index=ignore_index,
+                backend=which,
+            )
+            if need_weight:
+                torch.mm(g.T, hidden, out=grad_weight[start:stop])
+            if need_hidden:
+                _add_matmul(grad_hidden, g, weight[start:stop])
+            if need_bias:
+                grad_bias[start:stop] = g.sum(dim=0, dtype=stats.dtype)
+        if need_hidden:
+            grad_hidden = grad_hidden.to(hidden.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def linear_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    shift: bool = True,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    vocab_slice: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs(hidden @ weight.T + bias, labels, ...)`` without the full logits.
+
+    Args:
+        hidden: (..., T, H) final hidden states (after the model's last norm).
+        weight: (V, H) lm_head weight (tied embeddings: pass the embedding matrix; gradients from
+            both uses add up as autograd does for any shared parameter).
+        labels: (..., T) vocab ids, ``ignore_index`` where nothing is scored.
+        vocab_slice: vocabulary columns per step (default: a memory budget's worth).
+
+    Returns:
+        fp32 per-token log-probs [and entropies] shaped and aligned like ``labels``.
+    """
+    check_shapes(hidden, labels, "hidden states")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} does not match hidden size {hidden.shape[-1]}: "
+            "expected (V, H)"
+        )
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype}: cast one")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not match V = {weight.shape[0]}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive; got {temperature}")
+    targets = row_targets(labels, shift=shift, ignore_index=ignore_index)
+    check_targets(targets, weight.shape[0], ignore_index)
+    scored = (targets != ignore_index).nonzero().squeeze(1)  # (M,) rows that go through lm_head
+    columns = vocab_slice or slice_columns(
+        scored.numel(), weight.shape[0], weight.dtype, weight.device
+    )
+    options = (float(temperature), ignore_index, return_entropy, backend.choose(hidden), columns)
+    out = LinearTokenLogprobsFunction.apply(
+        hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored),
+        weight,
+        bias,
+        targets.index_select(0, scored),
+        options,
+    )
+    outputs = out if return_entropy else (out,)
+    placed = []
+    for values in outputs:
+        full = values.new_zeros(targets.shape[0]).index_copy(0, scored, values)
+        placed.append(at_label_positions(full, labels, shift=shift))
+    return tuple(placed) if return_entropy else placed[0]
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    shift: bool = True,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: str = "mean",
+    vocab_slice: int | None = None,
+) -> torch.Tensor:
+    """``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without the full logits."""
+    logp = linear_token_logprobs(
+        hidden,
+        weight,
+        labels,
+        bias=bias,
+        shift=shift,
+        ignore_index=ignore_index,
+        vocab_slice=vocab_slice,
+    )
+    return reduce_nll(
+        -logp,
+        labels,
+        shift=shift,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+    )
+
+
+def linear_token_logprobs_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    **options,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Plain PyTorch: the full logits, then ``token_logprobs_ref``."""
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return token_logprobs_ref(logits, labels, **options)
+
+
+def linear_cross_entropy_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    shift: bool = True,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Plain PyTorch: the full logits, log-softmax, gather, reduce."""
+    logp = linear_token_logprobs_ref(
+        hidden, weight, labels, bias=bias, shift=shift, ignore_index=ignore_index
+    )
+    return reduce_nll(
+        -logp,
+        labels,
+        shift=shift,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+    )
