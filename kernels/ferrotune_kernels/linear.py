@@ -63,6 +63,19 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc += (a @ b).to(acc.dtype)
 
 
+def _autocast(hidden, weight, bias):
+    """Under ``torch.autocast`` the lm_head runs in the autocast dtype, as ``F.linear`` would.
+
+    Mixed precision (``Trainer(bf16=True)``) keeps fp32 weights and makes bf16 hidden states; the
+    casts are differentiable, so the fp32 master weight still receives its gradient.
+    """
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 class LinearTokenLogprobsFunction(torch.autograd.Function):
     """(M, H) scored rows, (V, H) weight, (V,) bias, (M,) targets → (M,) log-probs [, entropy]."""
 
@@ -155,6 +168,7 @@ def linear_token_logprobs(
             f"weight of shape {tuple(weight.shape)} does not match hidden size {hidden.shape[-1]}: "
             "expected (V, H)"
         )
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype}: cast one")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):

@@ -178,3 +178,21 @@ def test_shape_and_dtype_errors(backend):
         linear_cross_entropy(h.double(), w, labels)
     with pytest.raises(ValueError, match="bias of shape"):
         linear_cross_entropy(h, w, labels, bias=torch.zeros(3))
+
+
+def test_autocast_runs_the_lm_head_in_the_autocast_dtype(monkeypatch):
+    """fp32 weights under bf16 autocast (mixed-precision training): the loss is computed as
+    ``F.linear`` under autocast computes the logits, and the fp32 weight gets an fp32 gradient."""
+    monkeypatch.setenv("FERROTUNE_KERNELS", "torch")  # the interpreter cannot do bf16
+    h, w, _, labels = make(2, 5, 16, 100, torch.float32)
+    results = []
+    for fn in (linear_cross_entropy, linear_cross_entropy_ref):
+        weight = w.clone().requires_grad_()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = fn(h, weight, labels)
+        loss.backward()
+        results.append((loss.detach(), weight.grad))
+    (ours, ours_grad), (ref, ref_grad) = results
+    assert ours_grad.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_grad, ref_grad, rtol=2**-7, atol=2**-9)
