@@ -348,6 +348,12 @@ def _row_blocks(batch: int, seq_len: int, n_cols: int) -> Iterator[tuple[int, in
             yield b, t0, min(t0 + step, seq_len)
 
 
+def _scores(logits: torch.Tensor, dtype: torch.dtype, temperature: float) -> torch.Tensor:
+    """A fresh ``dtype`` copy of a block of logits divided by the temperature (safe to modify)."""
+    x = logits.to(dtype, copy=True)
+    return x if temperature == 1.0 else x.div_(temperature)
+
+
 def _scan_torch(logits, labels, state, col_start, temperature, ignore_index, entropy):
     batch, seq_len, n_cols = logits.shape
     rows = batch * seq_len
@@ -360,27 +366,32 @@ def _scan_torch(logits, labels, state, col_start, temperature, ignore_index, ent
             dot=torch.zeros(rows, **new) if entropy else None,
             label_logit=torch.zeros(rows, **new),
         )
+    # In place where possible: two (R, C) temporaries per block, the scores and their exponentials.
     for b, t0, t1 in _row_blocks(batch, seq_len, n_cols):
         r0, r1 = b * seq_len + t0, b * seq_len + t1
         label = labels[r0:r1]
         valid = label != ignore_index
-        x = logits[b, t0:t1].to(dtype) / temperature  # (R, C) scores of this block of rows
-        x = x.masked_fill(~valid[:, None], -float("inf"))  # ignored rows add nothing
-        m_old = state.max[r0:r1]
-        m_new = torch.maximum(m_old, x.amax(dim=1))
-        e = torch.exp(x - m_new[:, None])
-        scale = torch.exp(m_old - m_new)
-        s_old = state.sumexp[r0:r1]
-        if state.dot is not None:  # re-centred on the new max; a -inf logit adds 0, not 0 * -inf
-            centred = e * torch.where(e > 0, x - m_new[:, None], 0.0)
-            old = state.dot[r0:r1] + (m_old - m_new) * s_old
-            state.dot[r0:r1] = scale * old + centred.sum(dim=1)
-        state.sumexp[r0:r1] = s_old * scale + e.sum(dim=1)
-        state.max[r0:r1] = m_new
+        x = _scores(logits[b, t0:t1], dtype, temperature)  # (R, C)
+        if not valid.all():
+            x.masked_fill_(~valid[:, None], -float("inf"))  # ignored rows add nothing
         local = label - col_start
         has_label = valid & (local >= 0) & (local < n_cols)
         picked = x.gather(1, local.clamp(0, n_cols - 1)[:, None]).squeeze(1)
         state.label_logit[r0:r1] = torch.where(has_label, picked, state.label_logit[r0:r1])
+        m_old = state.max[r0:r1]
+        m_new = torch.maximum(m_old, x.amax(dim=1))
+        centred = x.sub_(m_new[:, None])
+        e = torch.exp(centred)
+        scale = torch.exp(m_old - m_new)
+        s_old = state.sumexp[r0:r1]
+        if state.dot is not None:  # re-centred on the new max
+            centred.clamp_(min=EMPTY_MAX)  # a -inf logit (e = 0) adds 0, not 0 * -inf
+            old = state.dot[r0:r1] + (m_old - m_new) * s_old
+            state.dot[r0:r1] = scale * old + centred.mul_(e).sum(
+                dim=1
+            )  # summed, not a dot: exact-er
+        state.sumexp[r0:r1] = s_old * scale + e.sum(dim=1)
+        state.max[r0:r1] = m_new
     return state
 
 
@@ -392,16 +403,19 @@ def _grad_torch(logits, labels, stats, grad_logp, grad_entropy, out, col_start, 
         label = labels[r0:r1]
         valid = label != ignore_index
         g_logp = torch.where(valid, grad_logp[r0:r1], 0.0)[:, None]
-        x = logits[b, t0:t1].to(dtype) / temp  # (R, C) scores
         row_max, log_sumexp, centred_mean = stats[r0:r1, :, None].unbind(1)  # (R, 1) each
-        centred = torch.where(valid[:, None], x - row_max, 0.0)
-        p = torch.where(valid[:, None], torch.exp(centred - log_sumexp), 0.0)
-        g = -g_logp * p
+        centred = _scores(logits[b, t0:t1], dtype, temp).sub_(row_max)  # (R, C)
+        p = torch.sub(centred, log_sumexp).exp_()
+        if not valid.all():
+            p.masked_fill_(~valid[:, None], 0.0)  # an ignored row may overflow: its p is 0
+        if grad_entropy is None:
+            g = p.mul_(-g_logp)
+        else:  # - g_logp * p - g_entropy * p * (centred - E_p[centred])
+            g_ent = torch.where(valid, grad_entropy[r0:r1], 0.0)[:, None]
+            spread = centred.clamp_(min=EMPTY_MAX).sub_(centred_mean).mul_(p)  # 0 where p = 0
+            g = p.mul_(-g_logp).sub_(spread.mul_(g_ent))
         local = label - col_start
         has_label = valid & (local >= 0) & (local < n_cols)
         onehot = torch.where(has_label[:, None], g_logp, 0.0)
         g.scatter_add_(1, local.clamp(0, n_cols - 1)[:, None], onehot)
-        if grad_entropy is not None:
-            g_ent = torch.where(valid, grad_entropy[r0:r1], 0.0)[:, None]
-            g -= g_ent * p * torch.where(p > 0, centred - centred_mean, 0.0)
-        out[b, t0:t1] = g / temp
+        out[b, t0:t1] = g if temp == 1.0 else g.div_(temp)

@@ -9,6 +9,7 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from ferrotune_kernels import (
+    linear,
     linear_cross_entropy,
     linear_cross_entropy_ref,
     linear_token_logprobs,
@@ -196,3 +197,26 @@ def test_autocast_runs_the_lm_head_in_the_autocast_dtype(monkeypatch):
     assert ours_grad.dtype == torch.float32
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours_grad, ref_grad, rtol=2**-7, atol=2**-9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_eager_gradient_loss_over_several_token_chunks(
+    backend, assert_no_worse, monkeypatch, reduction
+):
+    """fp32 weights: the loss forms its gradients in the forward, 16 tokens at a time here."""
+    monkeypatch.setattr(linear, "CPU_SLICE_BYTES", 1)
+    monkeypatch.setattr(linear, "CUDA_SLICE_BYTES", 1)
+    h, w, b, labels = make(3, 20, 8, 45, torch.float32, bias=True)
+    assert (labels[:, 1:] != -100).sum() > 32  # at least three chunks of 16
+    for num_items in [None, 50] if reduction == "mean" else [None]:
+        compare(
+            assert_no_worse,
+            linear_cross_entropy,
+            linear_cross_entropy_ref,
+            h,
+            w,
+            b,
+            labels,
+            reduction=reduction,
+            num_items_in_batch=num_items,
+        )

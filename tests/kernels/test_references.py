@@ -12,6 +12,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from ferrotune_kernels import (
     cross_entropy,
     cross_entropy_ref,
+    linear_cross_entropy,
     linear_cross_entropy_ref,
     linear_token_logprobs,
     linear_token_logprobs_ref,
@@ -99,7 +100,8 @@ def test_gradcheck_float64(monkeypatch, implementation):
         return (logp * up_logp).sum() + (entropy * up_entropy).sum()
 
     _gradcheck(weighted_linear, hidden, weight, bias)
-    _gradcheck(lambda h, w: linear_cross_entropy_ref(h, w, labels), hidden, weight)
+    linear_loss = linear_cross_entropy_ref if reference else linear_cross_entropy
+    _gradcheck(lambda h, w, b: linear_loss(h, w, labels, bias=b), hidden, weight, bias)
 
 
 @pytest.fixture(scope="module")
