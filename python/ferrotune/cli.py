@@ -16,6 +16,7 @@ from typing import Any
 
 from ferrotune import __version__, inspect
 from ferrotune.errors import FerrotuneError
+from ferrotune.train import command as train_command
 
 __all__ = ["main"]
 
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in CHAT_STAGES:
         _add_prep_chat(stages, stage)
     inspect.add_parser(commands)
+    train_command.add_parser(commands)
     return parser
 
 

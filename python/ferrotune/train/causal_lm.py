@@ -1,0 +1,101 @@
+"""PT and SFT: the next-token loss from the backbone's hidden states, the logits never made.
+
+The model runs through its own forward (so DDP, FSDP and PEFT wrappers see the call) with
+``logits_to_keep=1`` and ``output_hidden_states=True``: its lm_head makes one position's logits,
+and the loss takes the final hidden states (after the last norm) through ``linear_cross_entropy``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from ferrotune.errors import ConfigError, FerrotuneError
+from ferrotune_kernels import linear_cross_entropy
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def check_plain_lm_head(model: transformers.PreTrainedModel) -> None:
+    """The loss assumes logits = hidden @ lm_head.weight.T (+ bias): no scaling, no softcapping."""
+    config = model.config.get_text_config()
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+        if getattr(config, name, None) not in (None, 1.0):
+            raise ConfigError(f"{config.model_type} scales its logits ({name}): not supported yet")
+
+
+def causal_lm_loss(
+    model: torch.nn.Module,
+    head: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: int | torch.Tensor | None,
+) -> torch.Tensor:
+    """The mean next-token loss of ``inputs["labels"]``, over ``num_items_in_batch`` if given."""
+    forward = {name: inputs[name] for name in MODEL_INPUTS if name in inputs}
+    out = model(**forward, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    hidden = out.hidden_states[-1]  # (B, T, H) after the final norm
+    return linear_cross_entropy(
+        hidden, head.weight, inputs["labels"], bias=head.bias, num_items_in_batch=num_items_in_batch
+    )
+
+
+class CausalLMTrainer(transformers.Trainer):
+    """``Trainer`` whose loss is ``causal_lm_loss``; evaluation adds perplexity."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss = causal_lm_loss(model, head, inputs, num_items_in_batch)
+        # Divided by the token count of every micro-batch (and rank): Trainer must not divide by
+        # the accumulation steps again; DDP averages gradients over ranks, so undo that average.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self.state.global_step + 1, float(loss), self.args.output_dir)
+        return loss
+
+    def evaluate(self, *args, **kwargs):
+        metrics = super().evaluate(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        if f"{prefix}_loss" in metrics:
+            metrics[f"{prefix}_perplexity"] = float(
+                torch.exp(torch.tensor(metrics[f"{prefix}_loss"]))
+            )
+            self.log({f"{prefix}_perplexity": metrics[f"{prefix}_perplexity"]})
+        return metrics
+
+
+class NonFiniteLossError(FerrotuneError, RuntimeError):
+    """The loss became NaN or inf: training stops; the checkpoints written before stay.
+
+    The loss of step ``s`` is computed with the weights after step ``s - 1``, so the last good
+    checkpoint is the newest one at step ``s - 2`` or before (its weights gave a finite loss).
+    """
+
+    def __init__(self, step: int, loss: float, output_dir: str | None) -> None:
+        self.step = step
+        self.checkpoint = _last_good_checkpoint(output_dir, step)
+        where = (
+            f"the last good checkpoint is {self.checkpoint} "
+            f"(resume_from_checkpoint={self.checkpoint}, perhaps with a lower learning_rate)"
+            if self.checkpoint
+            else "no checkpoint was saved before it"
+        )
+        super().__init__(f"step {step}: the loss is {loss}; training stopped; {where}")
+
+
+def _last_good_checkpoint(output_dir: str | None, step: int) -> str | None:
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    good = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        number = path.name.removeprefix("checkpoint-")
+        if number.isdigit() and int(number) <= step - 2:
+            good.append((int(number), path))
+    return str(max(good)[1]) if good else None

@@ -1,0 +1,117 @@
+"""Training configurations: ``TrainingArguments`` plus each stage's, from YAML and overrides.
+
+``ferrotune train sft --config run.yaml --model PATH --data OUT learning_rate=2e-5``: the YAML file
+gives any field, ``--model``/``--data``/``--output-dir`` and ``key=value`` overrides win over it.
+Values are converted by transformers' own ``HfArgumentParser`` from each field's type, so a YAML
+file and a command line mean the same thing, and an unknown key is an error naming the nearest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from ferrotune.errors import ConfigError
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    """What every stage shares. Defaults differ from transformers' where a small run needs it."""
+
+    model: str = field(
+        default="",
+        metadata={"help": "a local HF model folder, or a model config (.json) for a new model"},
+    )
+    data: str = field(default="", metadata={"help": "a folder written by `ferrotune prep`"})
+    eval_data: str = field(default="", metadata={"help": "an evaluation folder (optional)"})
+    output_dir: str | None = field(default="runs/train", metadata={"help": "checkpoints, model"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank through peft; 0 trains every weight"}
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
+    )
+    loss_plot: bool = field(default=True, metadata={"help": "write loss.png into output_dir"})
+
+
+@dataclass
+class PtConfig(TrainConfig):
+    """Pretraining: next-token loss on every non-padding token of the packed blocks."""
+
+
+@dataclass
+class SftConfig(TrainConfig):
+    """Supervised fine-tuning: next-token loss on the answer tokens (labels != -100)."""
+
+
+Config = TypeVar("Config", bound=TrainConfig)
+
+
+def load_config(
+    cls: type[Config], path: str | None, overrides: list[str], **given: str | None
+) -> Config:
+    """``cls`` from a YAML file, then ``given`` (``--model`` ...), then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path:
+        values.update(_read_yaml(Path(path)))
+    values.update({key: value for key, value in given.items() if value is not None})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value", option=item)
+        values[key.strip().replace("-", "_")] = value
+    names = {f.name for f in fields(cls) if f.init}
+    for key in values:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"unknown setting {key!r}{hint}", option=key)
+    parser = HfArgumentParser(cls)
+    argv = _to_argv(values)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except SystemExit as e:  # argparse prints its usage and the bad value, then exits
+        message = stderr.getvalue().strip().splitlines()[-1].partition("error: ")[2]
+        raise ConfigError(message or "bad setting") from e
+    except ValueError as e:  # TrainingArguments.__post_init__ on a combination it refuses
+        raise ConfigError(str(e)) from e
+    if not config.model:
+        raise ConfigError("no model: give --model (a model folder or a config)", option="model")
+    if not config.data:
+        raise ConfigError("no data: give --data (a `ferrotune prep` output folder)", option="data")
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such config file", option="config") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}", option="config") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings", option="config")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def _to_argv(values: dict[str, Any]) -> list[str]:
+    """Settings as the command line ``HfArgumentParser`` converts by each field's type."""
+    argv: list[str] = []
+    for key, value in values.items():
+        items = value if isinstance(value, list | tuple) else [value]
+        argv.append(f"--{key}")
+        argv.extend(str(item).lower() if isinstance(item, bool) else str(item) for item in items)
+    return argv

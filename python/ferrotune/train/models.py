@@ -1,0 +1,44 @@
+"""Models from a local HF folder, or new ones from a config (nothing is ever downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import transformers
+
+from ferrotune.errors import ConfigError
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def load_causal_lm(spec: str, *, seed: int) -> transformers.PreTrainedModel:
+    """A causal LM: ``spec`` is a saved model folder, or a config (a ``.json`` file, or a folder
+    with only ``config.json``) for a model random-initialised from ``seed``."""
+    path = Path(spec)
+    if path.is_dir() and any((path / name).exists() for name in WEIGHTS):
+        try:
+            return transformers.AutoModelForCausalLM.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--model {spec}: cannot load the model: {e}", option="model") from e
+    config = _read_config(path, spec)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _read_config(path: Path, spec: str) -> transformers.PretrainedConfig:
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(
+            f"--model {spec}: not a model folder (config.json and weights) nor a model config",
+            option="model",
+        )
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+        model_type = values.pop("model_type")
+        return transformers.AutoConfig.for_model(model_type, **values)
+    except (json.JSONDecodeError, KeyError, ValueError) as e:
+        raise ConfigError(
+            f"--model {spec}: {file} is not a transformers model config ({e})", option="model"
+        ) from e

@@ -1,0 +1,118 @@
+"""``ferrotune train pt|sft`` from the command line on shards that ``ferrotune prep`` made from
+the MedicalGPT files (Qwen tokenizer) and from the project's examples, tiny models from a config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from ferrotune.cli import main
+from ferrotune.data import prep_pt, prep_sft
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_QWEN = {
+    "model_type": "qwen2",
+    "vocab_size": 151936,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+}
+QUIET = ["use_cpu=true", "disable_tqdm=true", "save_strategy=no"]
+
+
+@pytest.fixture(scope="module")
+def sft_few(qwen_tokenizer, medicalgpt, tmp_path_factory) -> Path:
+    """Four real SFT conversations, prepped: a batch the model sees again and again."""
+    root = tmp_path_factory.mktemp("sft")
+    lines = (medicalgpt / "sft" / "medical_sft_1K_format.jsonl").read_text().splitlines()[:4]
+    (root / "few.jsonl").write_text("\n".join(lines) + "\n")
+    prep_sft(qwen_tokenizer, root / "few.jsonl", root / "shards", max_length=256)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "config.json"
+    path.write_text(json.dumps(TINY_QWEN))
+    return path
+
+
+def logged_losses(out: Path) -> list[float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [row["loss"] for row in state["log_history"] if "loss" in row]
+
+
+def test_sft_trains_saves_and_reloads(sft_few, tiny_config, tmp_path, capsys):
+    out = tmp_path / "sft"
+    code = main(
+        ["train", "sft", "--model", str(tiny_config), "--data", str(sft_few), "--output-dir",
+         str(out), "max_steps=12", "per_device_train_batch_size=4", "learning_rate=1e-2",
+         "save_strategy=steps", "save_steps=12", *QUIET[:2]]
+    )  # fmt: skip
+    assert code == 0
+    assert f"sft model saved to {out}" in capsys.readouterr().out
+    losses = logged_losses(out / "checkpoint-12")
+    assert len(losses) == 12 and losses[-1] < 0.8 * losses[0], losses
+    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "tokenizer.json").is_file()  # the data's tokenizer, beside the model
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("头痛怎么办", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_pt_trains_on_the_examples(tmp_path):
+    data = tmp_path / "pt"
+    prep_pt(REPO / "examples" / "tokenizer", [REPO / "examples" / "pt"], data, block_size=128)
+    out = tmp_path / "model"
+    code = main(
+        ["train", "pt", "--model", str(REPO / "examples" / "model" / "config.json"), "--data",
+         str(data), "--output-dir", str(out), "max_steps=3", *QUIET]
+    )  # fmt: skip
+    assert code == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_yaml_config_with_overrides(tmp_path, tiny_config, sft_few):
+    from ferrotune.train import SftConfig, load_config
+
+    (tmp_path / "run.yaml").write_text(
+        f"model: {tiny_config}\ndata: {sft_few}\nlearning_rate: 0.001\nmax_steps: 7\n"
+        "gradient_accumulation_steps: 2\n"
+    )
+    config = load_config(SftConfig, str(tmp_path / "run.yaml"), ["max_steps=9"], data=None)
+    assert (config.learning_rate, config.max_steps, config.gradient_accumulation_steps) == (
+        0.001,
+        9,
+        2,
+    )
+    assert config.model == str(tiny_config)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["learnig_rate=1"], "unknown setting 'learnig_rate'; did you mean 'learning_rate'?"),
+        (["max_steps=many"], "invalid int value: 'many'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(args, message, sft_few, tiny_config, capsys):
+    code = main(["train", "sft", "--model", str(tiny_config), "--data", str(sft_few), *args])
+    assert code == 1
+    assert message in capsys.readouterr().err
+
+
+def test_data_from_another_stage_and_a_bad_model_are_named(tmp_path, sft_few, tiny_config, capsys):
+    assert main(["train", "pt", "--model", str(tiny_config), "--data", str(sft_few)]) == 1
+    assert "prepped for 'sft', not 'pt'" in capsys.readouterr().err
+    assert main(["train", "sft", "--model", str(tmp_path), "--data", str(sft_few)]) == 1
+    assert "not a model folder (config.json and weights) nor a model config" in (
+        capsys.readouterr().err
+    )
