@@ -4,7 +4,8 @@
 overrides; ``causal_lm_loss`` is the loss alone, testable without a trainer.
 """
 
-from ferrotune.train.causal_lm import CausalLMTrainer, NonFiniteLossError, causal_lm_loss
+from ferrotune.train.base import NonFiniteLossError
+from ferrotune.train.causal_lm import CausalLMTrainer, causal_lm_loss
 from ferrotune.train.config import PtConfig, SftConfig, TrainConfig, load_config
 from ferrotune.train.run import train
 

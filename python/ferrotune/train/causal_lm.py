@@ -7,12 +7,11 @@ and the loss takes the final hidden states (after the last norm) through ``linea
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import transformers
 
-from ferrotune.errors import ConfigError, FerrotuneError
+from ferrotune.errors import ConfigError
+from ferrotune.train.base import FerrotuneTrainer
 from ferrotune_kernels import linear_cross_entropy
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -41,7 +40,7 @@ def causal_lm_loss(
     )
 
 
-class CausalLMTrainer(transformers.Trainer):
+class CausalLMTrainer(FerrotuneTrainer):
     """``Trainer`` whose loss is ``causal_lm_loss``; evaluation adds perplexity."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -54,12 +53,6 @@ class CausalLMTrainer(transformers.Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(self.state.global_step + 1, float(loss), self.args.output_dir)
-        return loss
-
     def evaluate(self, *args, **kwargs):
         metrics = super().evaluate(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", "eval")
@@ -69,33 +62,3 @@ class CausalLMTrainer(transformers.Trainer):
             )
             self.log({f"{prefix}_perplexity": metrics[f"{prefix}_perplexity"]})
         return metrics
-
-
-class NonFiniteLossError(FerrotuneError, RuntimeError):
-    """The loss became NaN or inf: training stops; the checkpoints written before stay.
-
-    The loss of step ``s`` is computed with the weights after step ``s - 1``, so the last good
-    checkpoint is the newest one at step ``s - 2`` or before (its weights gave a finite loss).
-    """
-
-    def __init__(self, step: int, loss: float, output_dir: str | None) -> None:
-        self.step = step
-        self.checkpoint = _last_good_checkpoint(output_dir, step)
-        where = (
-            f"the last good checkpoint is {self.checkpoint} "
-            f"(resume_from_checkpoint={self.checkpoint}, perhaps with a lower learning_rate)"
-            if self.checkpoint
-            else "no checkpoint was saved before it"
-        )
-        super().__init__(f"step {step}: the loss is {loss}; training stopped; {where}")
-
-
-def _last_good_checkpoint(output_dir: str | None, step: int) -> str | None:
-    if not output_dir or not Path(output_dir).is_dir():
-        return None
-    good = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        number = path.name.removeprefix("checkpoint-")
-        if number.isdigit() and int(number) <= step - 2:
-            good.append((int(number), path))
-    return str(max(good)[1]) if good else None

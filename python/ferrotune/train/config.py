@@ -41,6 +41,9 @@ class TrainConfig(TrainingArguments):
         default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
     )
     loss_plot: bool = field(default=True, metadata={"help": "write loss.png into output_dir"})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "ferrotune's collators pick the columns they need"}
+    )
 
 
 @dataclass
@@ -115,3 +118,25 @@ def _to_argv(values: dict[str, Any]) -> list[str]:
         argv.append(f"--{key}")
         argv.extend(str(item).lower() if isinstance(item, bool) else str(item) for item in items)
     return argv
+
+
+@dataclass
+class RmConfig(TrainConfig):
+    """Reward modelling: a one-label sequence classifier on chosen/rejected pairs."""
+
+
+@dataclass
+class DpoConfig(TrainConfig):
+    """DPO against a reference model (by default the starting model itself)."""
+
+    beta: float = field(default=0.1, metadata={"help": "strength of the KL constraint"})
+    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid, ipo, hinge or robust"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "robust: the label noise rate"})
+    sft_weight: float = field(default=0.0, metadata={"help": "weight of an added chosen NLL"})
+    reference: str = field(
+        default="", metadata={"help": "reference model folder (default: --model itself)"}
+    )
+    precompute_ref_logps: bool = field(
+        default=True,
+        metadata={"help": "reference log-probs in one pass, cached beside the shards"},
+    )

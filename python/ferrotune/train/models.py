@@ -27,6 +27,27 @@ def load_causal_lm(spec: str, *, seed: int) -> transformers.PreTrainedModel:
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+def load_reward_model(spec: str, *, seed: int, pad_id: int) -> transformers.PreTrainedModel:
+    """A one-label sequence classifier: from a saved folder (an SFT model: its score head is new,
+    initialised from ``seed``) or from a config. ``pad_token_id`` is set, so that transformers'
+    own pooling (and TRL's, and pipelines') finds the last real token too."""
+    path = Path(spec)
+    torch.manual_seed(seed)
+    if path.is_dir() and any((path / name).exists() for name in WEIGHTS):
+        try:
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--model {spec}: cannot load the model: {e}", option="model") from e
+    else:
+        config = _read_config(path, spec)
+        config.num_labels = 1
+        model = transformers.AutoModelForSequenceClassification.from_config(config)
+    model.config.pad_token_id = pad_id
+    return model
+
+
 def _read_config(path: Path, spec: str) -> transformers.PretrainedConfig:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,13 +10,21 @@ import transformers
 
 from ferrotune.data.shards import ShardDataset, read_manifest
 from ferrotune.errors import ConfigError
+from ferrotune.train.base import FerrotuneTrainer
 from ferrotune.train.causal_lm import CausalLMTrainer, check_plain_lm_head
 from ferrotune.train.collate import PadCollator
-from ferrotune.train.config import PtConfig, SftConfig, TrainConfig
-from ferrotune.train.models import load_causal_lm
+from ferrotune.train.config import DpoConfig, PtConfig, RmConfig, SftConfig, TrainConfig
+from ferrotune.train.dpo import DpoCollator, DpoTrainer, WithReferenceLogps, reference_logps
+from ferrotune.train.models import load_causal_lm, load_reward_model
 from ferrotune.train.plots import LossPlot
+from ferrotune.train.reward import PairCollator, RewardTrainer
 
-CONFIGS: dict[str, type[TrainConfig]] = {"pt": PtConfig, "sft": SftConfig}
+CONFIGS: dict[str, type[TrainConfig]] = {
+    "pt": PtConfig,
+    "sft": SftConfig,
+    "rm": RmConfig,
+    "dpo": DpoConfig,
+}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -45,40 +54,79 @@ def train(stage: str, config: TrainConfig) -> Path:
     transformers.set_seed(config.seed)
     train_data, manifest = shards_of(config.data, stage)
     eval_data = shards_of(config.eval_data, stage)[0] if config.eval_data else None
-    model = load_causal_lm(config.model, seed=config.seed)
-    check_plain_lm_head(model)
-    _check_vocabulary(model, manifest, config)
-    if config.lora_r > 0:
-        model = _with_lora(model, config)
     pad = manifest["tokenizer"].get("pad") or manifest["tokenizer"].get("eos") or {"id": 0}
-    trainer = CausalLMTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=PadCollator(pad["id"]),
-        callbacks=[LossPlot()],
-    )
+    common = {"args": config, "eval_dataset": eval_data, "callbacks": [LossPlot()]}
+    trainer: FerrotuneTrainer
+    if stage == "rm":
+        model = load_reward_model(config.model, seed=config.seed, pad_id=pad["id"])
+        _check_vocabulary(model.get_input_embeddings(), manifest, config)
+        trainer = RewardTrainer(
+            model=_prepared(model, config, "SEQ_CLS"),
+            train_dataset=train_data,
+            data_collator=PairCollator(pad["id"]),
+            **common,
+        )
+    else:
+        model = load_causal_lm(config.model, seed=config.seed)
+        check_plain_lm_head(model)
+        _check_vocabulary(model.get_output_embeddings(), manifest, config)
+        if stage == "dpo":
+            trainer = _dpo_trainer(
+                _prepared(model, config), config, train_data, manifest, pad["id"], common
+            )
+        else:
+            trainer = CausalLMTrainer(
+                model=_prepared(model, config),
+                train_dataset=train_data,
+                data_collator=PadCollator(pad["id"]),
+                **common,
+            )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint or None)
     out = Path(config.output_dir)
     trainer.save_model(str(out))
+    trainer.save_state()  # trainer_state.json: the log history, beside the model
     if trainer.is_world_process_zero():
         _copy_tokenizer(manifest, out)
     return out
 
 
-def _check_vocabulary(model, manifest: dict, config: TrainConfig) -> None:
-    vocab = manifest["tokenizer"]["vocab_size"]
-    rows = model.get_output_embeddings().weight.shape[0]
-    if rows < vocab:
-        raise ConfigError(
-            f"--model {config.model} has {rows} output rows but the data's tokenizer has {vocab} "
-            "tokens: the data was prepped for another model",
-            option="model",
+def _dpo_trainer(model, config, train_data, manifest, pad_id, common) -> DpoTrainer:
+    """The reference is ``config.reference`` or a frozen copy of the starting model."""
+    reference = load_causal_lm(config.reference or config.model, seed=config.seed)
+    if not config.precompute_ref_logps:
+        return DpoTrainer(
+            model=model,
+            train_dataset=train_data,
+            data_collator=DpoCollator(pad_id),
+            ref_model=reference,
+            **common,
         )
+    cache = Path(config.data)
+    if not os.access(cache, os.W_OK):
+        cache = Path(config.output_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+    logps = reference_logps(
+        reference,
+        train_data,
+        manifest,
+        cache,
+        pad_id=pad_id,
+        batch_size=config.per_device_eval_batch_size,
+        device=config.device,
+    )
+    del reference
+    return DpoTrainer(
+        model=model,
+        train_dataset=WithReferenceLogps(train_data, logps),
+        data_collator=DpoCollator(pad_id),
+        **common,
+    )
 
 
-def _with_lora(model, config: TrainConfig):
+def _prepared(model, config: TrainConfig, task: str = "CAUSAL_LM"):
+    """With LoRA adapters through peft when ``lora_r > 0``; the model as it is otherwise."""
+    if config.lora_r <= 0:
+        return model
     try:
         import peft
     except ImportError as e:
@@ -89,9 +137,20 @@ def _with_lora(model, config: TrainConfig):
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets if targets == "all-linear" else targets.split(","),
-        task_type="CAUSAL_LM",
+        task_type=task,
     )
     return peft.get_peft_model(model, lora)
+
+
+def _check_vocabulary(embedding, manifest: dict, config: TrainConfig) -> None:
+    vocab = manifest["tokenizer"]["vocab_size"]
+    rows = embedding.weight.shape[0]
+    if rows < vocab:
+        raise ConfigError(
+            f"--model {config.model} has {rows} embedding rows but the data's tokenizer has "
+            f"{vocab} tokens: the data was prepped for another model",
+            option="model",
+        )
 
 
 def _copy_tokenizer(manifest: dict, out: Path) -> None:

@@ -1,0 +1,74 @@
+"""What every ferrotune trainer adds to ``Trainer``: a stop on a NaN loss, and per-step metrics
+averaged into each log line as TRL's trainers log them."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import transformers
+
+from ferrotune.errors import FerrotuneError
+
+
+class FerrotuneTrainer(transformers.Trainer):
+    """``Trainer`` + ``record`` (values averaged into the next log line) + the NaN stop."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """Keep the mean of ``value`` over every process for the next log line."""
+        mode = "train" if self.model.training else "eval"
+        gathered = self.accelerator.gather_for_metrics(value.detach().float().reshape(-1))
+        self._metrics[mode][name].append(gathered.mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self.state.global_step + 1, float(loss), self.args.output_dir)
+        return loss
+
+
+class NonFiniteLossError(FerrotuneError, RuntimeError):
+    """The loss became NaN or inf: training stops; the checkpoints written before stay.
+
+    The loss of step ``s`` is computed with the weights after step ``s - 1``, so the last good
+    checkpoint is the newest one at step ``s - 2`` or before (its weights gave a finite loss).
+    """
+
+    def __init__(self, step: int, loss: float, output_dir: str | None) -> None:
+        self.step = step
+        self.checkpoint = _last_good_checkpoint(output_dir, step)
+        where = (
+            f"the last good checkpoint is {self.checkpoint} "
+            f"(resume_from_checkpoint={self.checkpoint}, perhaps with a lower learning_rate)"
+            if self.checkpoint
+            else "no checkpoint was saved before it"
+        )
+        super().__init__(f"step {step}: the loss is {loss}; training stopped; {where}")
+
+
+def _last_good_checkpoint(output_dir: str | None, step: int) -> str | None:
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    good = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        number = path.name.removeprefix("checkpoint-")
+        if number.isdigit() and int(number) <= step - 2:
+            good.append((int(number), path))
+    return str(max(good)[1]) if good else None
