@@ -327,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # KEY=VALUE overrides of `train` may come before and after its options: argparse only
+        # collects one run of positionals, so the rest arrive here.
+        if getattr(args, "command", None) != "train" or not all("=" in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -338,3 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ferrotune: error: {error}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":  # `python -m ferrotune.cli`, as torchrun launches it
+    sys.exit(main())

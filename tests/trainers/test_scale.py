@@ -1,0 +1,86 @@
+"""A resumed run continues exactly as an unbroken one, and two-process DDP (gloo, CPU) gives the
+losses of one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ferrotune.cli import main
+from ferrotune.data import prep_sft
+
+TINY_QWEN = {
+    "model_type": "qwen2",
+    "vocab_size": 151936,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+}
+COMMON = ["use_cpu=true", "disable_tqdm=true", "learning_rate=5e-3", "logging_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def sft_data(qwen_tokenizer, medicalgpt, tmp_path_factory) -> dict[str, Path]:
+    """Eight real conversations of different lengths: ranks see different token counts."""
+    root = tmp_path_factory.mktemp("scale")
+    lines = (medicalgpt / "sft" / "medical_sft_1K_format.jsonl").read_text().splitlines()[:8]
+    (root / "few.jsonl").write_text("\n".join(lines) + "\n")
+    prep_sft(qwen_tokenizer, root / "few.jsonl", root / "shards", max_length=160)
+    (root / "tiny.json").write_text(json.dumps(TINY_QWEN))
+    return {"data": root / "shards", "model": root / "tiny.json"}
+
+
+def losses(out: Path) -> dict[int, float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return {row["step"]: row["loss"] for row in state["log_history"] if "loss" in row}
+
+
+def test_resume_from_checkpoint_gives_the_unbroken_losses(sft_data, tmp_path):
+    base = ["train", "sft", "--model", str(sft_data["model"]), "--data", str(sft_data["data"]),
+            "per_device_train_batch_size=2", "max_steps=6", "save_steps=3", *COMMON]  # fmt: skip
+    assert main([*base, "--output-dir", str(tmp_path / "whole")]) == 0
+    checkpoint = tmp_path / "whole" / "checkpoint-3"
+    resumed = tmp_path / "resumed"
+    assert main([*base, "--output-dir", str(resumed), f"resume_from_checkpoint={checkpoint}"]) == 0
+    whole, again = losses(tmp_path / "whole"), losses(resumed)
+    assert sorted(again) == [1, 2, 3, 4, 5, 6]  # steps 1-3 come with the checkpoint's history
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(whole[step], rel=1e-6), (step, whole, again)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_equals_one_process(sft_data, tmp_path):
+    args = ["train", "sft", "--model", str(sft_data["model"]), "--data", str(sft_data["data"]),
+            "max_steps=3", "save_strategy=no", "optim=sgd", *COMMON]  # fmt: skip
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              "--master_port", str(free_port()), "-m", "ferrotune.cli"]  # fmt: skip
+    done = subprocess.run(
+        [*launch, *args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), (step, one, two)
