@@ -74,10 +74,11 @@ def test_pt_trains_on_the_examples(tmp_path):
     out = tmp_path / "model"
     code = main(
         ["train", "pt", "--model", str(REPO / "examples" / "model" / "config.json"), "--data",
-         str(data), "--output-dir", str(out), "max_steps=3", *QUIET]
+         str(data), "--output-dir", str(out), "max_steps=3", "report_to=tensorboard", *QUIET]
     )  # fmt: skip
     assert code == 0
     assert (out / "model.safetensors").is_file()
+    assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard log"
 
 
 def test_yaml_config_with_overrides(tmp_path, tiny_config, sft_few):
