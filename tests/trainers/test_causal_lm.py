@@ -3,6 +3,8 @@ gradient accumulation equals one bigger batch, a NaN stops the run and keeps the
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import transformers
@@ -159,3 +161,17 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     assert stop.value.checkpoint == str(tmp_path / "run" / "checkpoint-1")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(stop.value.checkpoint)
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+def test_evaluation_reports_loss_perplexity_and_token_accuracy(tmp_path):
+    data = rows([12, 9, 15], seed=9)
+    model, trainer = trained(tmp_path, "eval", data, max_steps=1, learning_rate=0.0)
+    metrics = trainer.evaluate(ListData(data))
+    batch = PadCollator(0)(data)
+    with torch.no_grad():
+        out = model(**batch)
+    scored = batch["labels"][:, 1:] != -100
+    hits = out.logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]
+    assert metrics["eval_loss"] == pytest.approx(out.loss.item(), rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(out.loss.item()), rel=1e-5)
+    assert metrics["eval_token_accuracy"] == pytest.approx(hits[scored].float().mean().item())

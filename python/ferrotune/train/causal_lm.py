@@ -25,6 +25,13 @@ def check_plain_lm_head(model: transformers.PreTrainedModel) -> None:
             raise ConfigError(f"{config.model_type} scales its logits ({name}): not supported yet")
 
 
+def final_hidden(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T, H) hidden states after the final norm, from the model's own forward."""
+    forward = {name: inputs[name] for name in MODEL_INPUTS if name in inputs}
+    out = model(**forward, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1]
+
+
 def causal_lm_loss(
     model: torch.nn.Module,
     head: torch.nn.Module,
@@ -32,20 +39,39 @@ def causal_lm_loss(
     num_items_in_batch: int | torch.Tensor | None,
 ) -> torch.Tensor:
     """The mean next-token loss of ``inputs["labels"]``, over ``num_items_in_batch`` if given."""
-    forward = {name: inputs[name] for name in MODEL_INPUTS if name in inputs}
-    out = model(**forward, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    hidden = out.hidden_states[-1]  # (B, T, H) after the final norm
+    hidden = final_hidden(model, inputs)
     return linear_cross_entropy(
         hidden, head.weight, inputs["labels"], bias=head.bias, num_items_in_batch=num_items_in_batch
     )
 
 
+@torch.no_grad()
+def token_accuracy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> float:
+    """Share of scored next tokens that are the argmax, logits made ~32 MiB of rows at a time."""
+    scored = labels[:, 1:] != -100
+    rows, targets = hidden[:, :-1][scored], labels[:, 1:][scored]
+    if not len(targets):
+        return 0.0
+    step = max(1, (1 << 23) // head.weight.shape[0])
+    correct = sum(
+        int((torch.nn.functional.linear(part, head.weight, head.bias).argmax(-1) == want).sum())
+        for part, want in zip(rows.split(step), targets.split(step), strict=True)
+    )
+    return correct / len(targets)
+
+
 class CausalLMTrainer(FerrotuneTrainer):
-    """``Trainer`` whose loss is ``causal_lm_loss``; evaluation adds perplexity."""
+    """``Trainer`` whose loss is ``causal_lm_loss``; evaluation adds perplexity and accuracy."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss = causal_lm_loss(model, head, inputs, num_items_in_batch)
+        hidden = final_hidden(model, inputs)
+        labels = inputs["labels"]
+        loss = linear_cross_entropy(
+            hidden, head.weight, labels, bias=head.bias, num_items_in_batch=num_items_in_batch
+        )
+        if not model.training:
+            self.record("token_accuracy", torch.tensor(token_accuracy(hidden, head, labels)))
         # Divided by the token count of every micro-batch (and rank): Trainer must not divide by
         # the accumulation steps again; DDP averages gradients over ranks, so undo that average.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
