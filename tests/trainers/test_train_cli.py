@@ -117,3 +117,22 @@ def test_data_from_another_stage_and_a_bad_model_are_named(tmp_path, sft_few, ti
     assert "not a model folder (config.json and weights) nor a model config" in (
         capsys.readouterr().err
     )
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(sft_few, tiny_config, tmp_path):
+    out = tmp_path / "lora"
+    code = main(
+        ["train", "sft", "--model", str(tiny_config), "--data", str(sft_few), "--output-dir",
+         str(out), "max_steps=2", "lora_r=4", "lora_target_modules=q_proj,v_proj",
+         "learning_rate=1e-2", *QUIET]
+    )  # fmt: skip
+    assert code == 0
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out)  # a plain model
+    base = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**{k: v for k, v in TINY_QWEN.items()})
+    )
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert merged.model.layers[0].self_attn.q_proj.weight.shape == (
+        base.model.layers[0].self_attn.q_proj.weight.shape
+    )

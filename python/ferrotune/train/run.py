@@ -83,7 +83,10 @@ def train(stage: str, config: TrainConfig) -> Path:
             )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint or None)
     out = Path(config.output_dir)
-    trainer.save_model(str(out))
+    if config.lora_r > 0:
+        _save_merged(trainer, out)
+    else:
+        trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the log history, beside the model
     if trainer.is_world_process_zero():
         _copy_tokenizer(manifest, out)
@@ -140,6 +143,15 @@ def _prepared(model, config: TrainConfig, task: str = "CAUSAL_LM"):
         task_type=task,
     )
     return peft.get_peft_model(model, lora)
+
+
+def _save_merged(trainer: FerrotuneTrainer, out: Path) -> None:
+    """LoRA: the adapter in ``out/adapter``, and the merged model in ``out`` itself, so that the
+    next stage (and any tool) loads a plain transformers model."""
+    trainer.save_model(str(out / "adapter"))
+    if trainer.is_world_process_zero():
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(out))
 
 
 def _check_vocabulary(embedding, manifest: dict, config: TrainConfig) -> None:
