@@ -28,7 +28,7 @@ same code for both), **tokens/s** = tokens / train s, and **peak RSS** the subpr
 
 Usage (from the repository root, in the project's virtual environment)::
 
-    python bench/train_sft.py                       # 24 steps x 4 x <=512 tokens, both
+    python bench/train_sft.py                       # 16 steps x 4 x <=512 tokens, both
     python bench/train_sft.py --steps 8 --max-length 256 --only ferrotune
 """
 
@@ -403,7 +403,8 @@ def print_table(results: Sequence[Result], with_ref: bool) -> None:
     head = (
         f"{'contender':<10} {'steps':>5} {'tokens':>8} {'loss tok':>8} {'prep s':>7} "
         + (f"{'ref s':>6} " if with_ref else "")
-        + f"{'train s':>8} {'wall s':>7} {'tokens/s':>9} {'peak RSS MB':>11} {'loss first→last':>17}"
+        + f"{'train s':>8} {'wall s':>7} {'tokens/s':>9} {'peak RSS MB':>11} "
+        + f"{'loss first→last':>17}"
     )
     print(head)
     print("-" * len(head))
@@ -536,7 +537,7 @@ def bench(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    defaults = {"steps": 24, "max_length": 512, "corpus_dir": SFT_DIR, "name": "train_sft"}
+    defaults = {"steps": 16, "max_length": 512, "corpus_dir": SFT_DIR, "name": "train_sft"}
     args = parse_args(argv, __doc__, defaults)
     if args.child:
         run_as_child(args.child, CHILDREN)

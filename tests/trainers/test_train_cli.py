@@ -4,6 +4,7 @@ the MedicalGPT files (Qwen tokenizer) and from the project's examples, tiny mode
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,44 @@ def test_lora_trains_adapters_and_saves_a_merged_model(sft_few, tiny_config, tmp
     assert merged.model.layers[0].self_attn.q_proj.weight.shape == (
         base.model.layers[0].self_attn.q_proj.weight.shape
     )
+
+
+def test_pt_on_medicalgpt_text_loss_falls_and_reloads(qwen_tokenizer, pretrain_files, tiny_config,
+                                                      tmp_path):  # fmt: skip
+    text = pretrain_files[0].read_text(encoding="utf-8")[:6000]
+    (tmp_path / "part.txt").write_text(text, encoding="utf-8")
+    prep_pt(qwen_tokenizer, [tmp_path / "part.txt"], tmp_path / "pt", block_size=128)
+    out = tmp_path / "model"
+    code = main(
+        ["train", "pt", "--model", str(tiny_config), "--data", str(tmp_path / "pt"),
+         "--output-dir", str(out), "max_steps=10", "per_device_train_batch_size=8",
+         "learning_rate=1e-2", *QUIET]
+    )  # fmt: skip
+    assert code == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [row["loss"] for row in state["log_history"] if "loss" in row]
+    assert losses[-1] < 0.85 * losses[0], losses
+    transformers.AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_sft_output_feeds_rm_and_dpo(sft_few, tiny_config, qwen_tokenizer, medicalgpt, tmp_path):
+    """The SFT model folder is the next stages' --model: RM gets a new score head on it, DPO
+    takes it as policy and reference (frozen here, not precomputed)."""
+    from ferrotune.data import prep_dpo, prep_rm
+
+    sft = tmp_path / "sft"
+    assert main(["train", "sft", "--model", str(tiny_config), "--data", str(sft_few),
+                 "--output-dir", str(sft), "max_steps=1", *QUIET]) == 0  # fmt: skip
+    lines = (medicalgpt / "reward" / "dpo_zh_500.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    prep_rm(qwen_tokenizer, tmp_path / "pairs.jsonl", tmp_path / "rm-data", max_length=128)
+    prep_dpo(qwen_tokenizer, tmp_path / "pairs.jsonl", tmp_path / "dpo-data", max_length=128)
+    assert main(["train", "rm", "--model", str(sft), "--data", str(tmp_path / "rm-data"),
+                 "--output-dir", str(tmp_path / "rm"), "max_steps=1", *QUIET]) == 0  # fmt: skip
+    assert main(["train", "dpo", "--model", str(sft), "--data", str(tmp_path / "dpo-data"),
+                 "--output-dir", str(tmp_path / "dpo"), "max_steps=1", "logging_steps=1",
+                 "precompute_ref_logps=false", *QUIET]) == 0  # fmt: skip
+    state = json.loads((tmp_path / "dpo" / "trainer_state.json").read_text())
+    first = next(row for row in state["log_history"] if "loss" in row)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = frozen reference
+    assert not list((tmp_path / "dpo-data").glob("ref-logps-*"))  # nothing precomputed
