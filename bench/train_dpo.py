@@ -27,7 +27,7 @@ pass for TRL (tokenization). Peak RSS: the subprocess's ``VmHWM``.
 
 Usage (from the repository root, in the project's virtual environment)::
 
-    python bench/train_dpo.py                       # 12 steps x 4 pairs x <=384 tokens, both
+    python bench/train_dpo.py                       # 8 steps x 4 pairs x <=384 tokens, both
     python bench/train_dpo.py --steps 4 --max-length 256 --only trl
 """
 
@@ -151,7 +151,7 @@ CHILDREN = {"ferrotune": child_ferrotune, "trl": child_trl}
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = {"steps": 12, "max_length": 384, "corpus_dir": PAIRS_FILE, "name": "train_dpo"}
+    defaults = {"steps": 8, "max_length": 384, "corpus_dir": PAIRS_FILE, "name": "train_dpo"}
     args = parse_args(argv, __doc__, defaults)
     if args.child:
         run_as_child(args.child, CHILDREN)
