@@ -17,8 +17,14 @@ def add_parser(commands: Any) -> None:
             stage,
             help=f"train {stage.upper()} on `ferrotune prep {stage}` shards",
             description=(
-                f"Train {stage.upper()} with transformers' Trainer on the shards of "
-                f"`ferrotune prep {stage}`, the loss through ferrotune's fused kernels. Settings "
+                (
+                    "Run PPO on the prompts of `ferrotune prep ppo`: rollouts with generate, "
+                    "scores from a reward model or reward_fn, clipped actor and critic updates. "
+                    if stage == "ppo"
+                    else f"Train {stage.upper()} with transformers' Trainer on the shards of "
+                    f"`ferrotune prep {stage}`, the loss through ferrotune's fused kernels. "
+                )
+                + "Settings "
                 "come from --config (YAML), then the options below, then KEY=VALUE overrides: "
                 "any TrainingArguments field (learning_rate=2e-5 max_steps=100 ...) or "
                 "ferrotune's (lora_r, loss_plot ...)."

@@ -140,3 +140,34 @@ class DpoConfig(TrainConfig):
         default=True,
         metadata={"help": "reference log-probs in one pass, cached beside the shards"},
     )
+
+
+@dataclass
+class PpoConfig(TrainConfig):
+    """PPO on `prep ppo` prompts; defaults are TRL's last PPOTrainer's (before 1.13 removed it).
+
+    ``per_device_train_batch_size`` prompts are rolled out per iteration, ``max_steps``
+    iterations are run, ``learning_rate`` trains actor and critic.
+    """
+
+    reward_model: str = field(default="", metadata={"help": "RM folder (also the critic's start)"})
+    reward_fn: str = field(default="", metadata={"help": "module:function, instead of an RM"})
+    critic: str = field(default="", metadata={"help": "critic folder (default: reward_model)"})
+    reference: str = field(default="", metadata={"help": "reference folder (default: --model)"})
+    kl_coef: float = field(default=0.05, metadata={"help": "weight of the per-token KL penalty"})
+    kl_estimator: str = field(default="k1", metadata={"help": "k1 or k3"})
+    cliprange: float = field(default=0.2, metadata={"help": "policy ratio clip"})
+    cliprange_value: float = field(default=0.2, metadata={"help": "value clip"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "weight of an entropy bonus"})
+    gamma: float = field(default=1.0, metadata={"help": "discount"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    num_mini_batches: int = field(default=1, metadata={"help": "minibatches per pass"})
+    response_length: int = field(default=64, metadata={"help": "max new tokens per answer"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
+    missing_eos_penalty: float = field(
+        default=1.0, metadata={"help": "taken off the score of an answer that never ended"}
+    )
+    whiten_rewards: bool = field(default=False, metadata={"help": "whiten per-token rewards"})

@@ -13,7 +13,14 @@ from ferrotune.errors import ConfigError
 from ferrotune.train.base import FerrotuneTrainer
 from ferrotune.train.causal_lm import CausalLMTrainer, check_plain_lm_head
 from ferrotune.train.collate import PadCollator
-from ferrotune.train.config import DpoConfig, PtConfig, RmConfig, SftConfig, TrainConfig
+from ferrotune.train.config import (
+    DpoConfig,
+    PpoConfig,
+    PtConfig,
+    RmConfig,
+    SftConfig,
+    TrainConfig,
+)
 from ferrotune.train.dpo import DpoCollator, DpoTrainer, WithReferenceLogps, reference_logps
 from ferrotune.train.models import load_causal_lm, load_reward_model
 from ferrotune.train.plots import LossPlot
@@ -24,6 +31,7 @@ CONFIGS: dict[str, type[TrainConfig]] = {
     "sft": SftConfig,
     "rm": RmConfig,
     "dpo": DpoConfig,
+    "ppo": PpoConfig,
 }
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -55,6 +63,12 @@ def train(stage: str, config: TrainConfig) -> Path:
     train_data, manifest = shards_of(config.data, stage)
     eval_data = shards_of(config.eval_data, stage)[0] if config.eval_data else None
     pad = manifest["tokenizer"].get("pad") or manifest["tokenizer"].get("eos") or {"id": 0}
+    if stage == "ppo":
+        from ferrotune.train.ppo import train_ppo
+
+        out = train_ppo(config, train_data, manifest)
+        _copy_tokenizer(manifest, out)
+        return out
     common = {"args": config, "eval_dataset": eval_data, "callbacks": [LossPlot()]}
     trainer: FerrotuneTrainer
     if stage == "rm":

@@ -1,0 +1,108 @@
+"""The PPO loop: with a rule that rewards one kind of text, a tiny actor's mean score rises while
+the KL stays bounded; reference and reward models never change; the critic's value loss falls;
+the CLI runs on prompts that ``ferrotune prep ppo`` made from MedicalGPT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferrotune.cli import main
+from ferrotune.data import prep_ppo
+from ferrotune.data.shards import ShardDataset, read_manifest
+from ferrotune.train.config import PpoConfig
+from ferrotune.train.ppo import PpoRun
+from ferrotune.train.rewards import reference_overlap
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "examples" / "model" / "config.json"
+RULE = '''
+def cjk_share(queries, responses, references):
+    """The share of an answer's characters that are CJK ideographs."""
+    return [sum("\\u4e00" <= c <= "\\u9fff" for c in r) / max(len(r), 1) for r in responses]
+'''
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    questions = ["what is rain", "why is the sky blue", "how do plants grow", "a story",
+                 "what is a fever", "where do rivers go", "who writes", "what is tea"]  # fmt: skip
+    lines = [json.dumps({"conversations": [{"from": "human", "value": q}]}) for q in questions]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    prep_ppo(REPO / "examples" / "tokenizer", tmp_path / "prompts.jsonl", tmp_path / "ppo")
+    return tmp_path / "ppo"
+
+
+@pytest.fixture
+def rule(tmp_path, monkeypatch) -> str:
+    (tmp_path / "ppo_rule.py").write_text(RULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "ppo_rule:cjk_share"
+
+
+def config(tmp_path, data, **settings) -> PpoConfig:
+    base = {"output_dir": str(tmp_path / "out"), "model": str(MODEL), "data": str(data),
+            "use_cpu": True, "report_to": "none", "save_strategy": "no",
+            "per_device_train_batch_size": 8, "response_length": 8, "temperature": 1.0,
+            "missing_eos_penalty": 0.0, "learning_rate": 3e-3, "seed": 3}  # fmt: skip
+    return PpoConfig(**{**base, **settings})
+
+
+def test_the_loop_learns_a_rule_reward(tmp_path, prompts, rule, capsys):
+    settings = {"reward_fn": rule, "max_steps": 30, "per_device_train_batch_size": 64,
+                "learning_rate": 1e-2}  # fmt: skip
+    run = PpoRun(
+        config(tmp_path, prompts, **settings), ShardDataset(prompts), read_manifest(prompts)
+    )
+    reference = {k: v.clone() for k, v in run.reference.state_dict().items()}
+    run.train()
+    scores = [row["score"] for row in run.history]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > first + 0.15, scores
+    assert max(row["kl"] for row in run.history) < 15.0  # bounded by the KL penalty (0.05)
+    for name, value in run.reference.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert all(p.grad is None for p in run.reference.parameters())
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and (out / "critic" / "config.json").is_file()
+    assert (out / "ppo.png").is_file() and len(
+        json.loads((out / "ppo_history.json").read_text())
+    ) == 30
+
+
+def test_reward_model_is_frozen_and_the_critic_learns(tmp_path, prompts):
+    run = PpoRun(config(tmp_path, prompts, reward_model=str(MODEL), max_steps=12, ppo_epochs=2),
+                 ShardDataset(prompts), read_manifest(prompts))  # fmt: skip
+    frozen = {k: v.clone() for k, v in run.reward_model.state_dict().items()}
+    run.train()
+    for name, value in run.reward_model.state_dict().items():
+        assert torch.equal(value, frozen[name]), name
+    assert all(p.grad is None for p in run.reward_model.parameters())
+    value_losses = [row["loss/value"] for row in run.history]
+    assert sum(value_losses[-3:]) < sum(value_losses[:3]), value_losses
+
+
+def test_reference_overlap_reward():
+    scores = reference_overlap(["q"] * 3, ["abc", "xyz", "abc"], ["abcd", "abc", None])
+    assert scores[0] == pytest.approx(2 * 1.0 * 0.75 / 1.75)
+    assert scores[1:] == [0.0, 0.0]
+
+
+def test_cli_runs_ppo_on_medicalgpt_prompts(qwen_tokenizer, medicalgpt, tmp_path):
+    lines = (medicalgpt / "sft" / "medical_sft_1K_format.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    prep_ppo(qwen_tokenizer, tmp_path / "q.jsonl", tmp_path / "ppo", max_prompt_length=64)
+    tiny = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    code = main(["train", "ppo", "--model", str(tmp_path / "tiny.json"), "--data",
+                 str(tmp_path / "ppo"), "--output-dir", str(tmp_path / "out"), "max_steps=2",
+                 "per_device_train_batch_size=2", "response_length=6", "use_cpu=true",
+                 "reward_fn=ferrotune.train.rewards:reference_overlap"])  # fmt: skip
+    assert code == 0
+    history = json.loads((tmp_path / "out" / "ppo_history.json").read_text())
+    assert [row["step"] for row in history] == [1, 2]
