@@ -5,6 +5,7 @@ the CLI runs on prompts that ``ferrotune prep ppo`` made from MedicalGPT."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,38 @@ def test_cli_runs_ppo_on_medicalgpt_prompts(qwen_tokenizer, medicalgpt, tmp_path
     assert code == 0
     history = json.loads((tmp_path / "out" / "ppo_history.json").read_text())
     assert [row["step"] for row in history] == [1, 2]
+
+
+def test_cli_chain_pt_sft_rm_ppo_on_medicalgpt(qwen_tokenizer, medicalgpt, tmp_path):
+    """Each stage's saved model is the next one's input: PT → SFT → RM → PPO (actor and
+    reference from SFT, reward model and critic from RM), all from the command line."""
+    from ferrotune.data import prep_pt, prep_rm, prep_sft
+
+    data = medicalgpt
+    text = sorted((data / "pretrain").glob("*.txt"))[0].read_text(encoding="utf-8")[:3000]
+    (tmp_path / "pt.txt").write_text(text, encoding="utf-8")
+    prep_pt(qwen_tokenizer, [tmp_path / "pt.txt"], tmp_path / "pt-data", block_size=96)
+    for name, folder, count in [("sft", "sft", 4), ("pairs", "reward", 4)]:
+        source = sorted((data / folder).glob("*.jsonl"))[-1 if folder == "sft" else 0]
+        lines = source.read_text(encoding="utf-8").splitlines()[:count]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prep_sft(qwen_tokenizer, tmp_path / "sft.jsonl", tmp_path / "sft-data", max_length=128)
+    prep_rm(qwen_tokenizer, tmp_path / "pairs.jsonl", tmp_path / "rm-data", max_length=128)
+    prep_ppo(qwen_tokenizer, tmp_path / "sft.jsonl", tmp_path / "ppo-data", max_prompt_length=64)
+    tiny = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    quiet = ["max_steps=2", "per_device_train_batch_size=2", "use_cpu=true", "disable_tqdm=true",
+             "save_strategy=no"]  # fmt: skip
+    model = str(tmp_path / "tiny.json")
+    for stage, source in [("pt", model), ("sft", "pt"), ("rm", "sft")]:
+        source = source if source == model else str(tmp_path / source)
+        assert main(["train", stage, "--model", source, "--data", str(tmp_path / f"{stage}-data"),
+                     "--output-dir", str(tmp_path / stage), *quiet]) == 0  # fmt: skip
+    assert main(["train", "ppo", "--model", str(tmp_path / "sft"), "--data",
+                 str(tmp_path / "ppo-data"), "--output-dir", str(tmp_path / "ppo"),
+                 f"reward_model={tmp_path / 'rm'}", "response_length=4", *quiet]) == 0  # fmt: skip
+    history = json.loads((tmp_path / "ppo" / "ppo_history.json").read_text())
+    assert len(history) == 2 and all(math.isfinite(row["score"]) for row in history)
+    assert (tmp_path / "ppo" / "critic" / "model.safetensors").is_file()
