@@ -62,6 +62,29 @@ def at_label_positions(per_row: torch.Tensor, labels: torch.Tensor, *, shift: bo
     return seqs.reshape(labels.shape)
 
 
+def nll_denominator(
+    scored: int | torch.Tensor,
+    *,
+    reduction: str,
+    num_items_in_batch: int | torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """What ``ForCausalLMLoss`` divides the summed loss by (1 for ``sum``), never below 1.
+
+    ``mean`` divides by ``num_items_in_batch`` when given (the token count over every
+    micro-batch and rank, as ``Trainer`` passes it under gradient accumulation), else by this
+    batch's ``scored`` token count. A batch with nothing to score gives 0, not 0/0 = nan.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
+    if num_items_in_batch is not None and reduction != "mean":
+        raise ValueError(f"num_items_in_batch applies to reduction='mean', not {reduction!r}")
+    if reduction == "sum":
+        return torch.ones((), device=device)
+    count = scored if num_items_in_batch is None else num_items_in_batch
+    return torch.as_tensor(count, device=device).clamp(min=1)
+
+
 def reduce_nll(
     nll: torch.Tensor,
     labels: torch.Tensor,
@@ -71,24 +94,12 @@ def reduce_nll(
     reduction: str,
     num_items_in_batch: int | torch.Tensor | None,
 ) -> torch.Tensor:
-    """``ForCausalLMLoss``'s reduction of per-token losses (0 at ignored positions).
-
-    ``mean`` divides by ``num_items_in_batch`` when given (the token count over every
-    micro-batch and rank, as ``Trainer`` passes it under gradient accumulation), else by this
-    batch's count of scored tokens. A batch with nothing to score gives 0, not 0/0 = nan.
-    """
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    if num_items_in_batch is not None and reduction != "mean":
-        raise ValueError(f"num_items_in_batch applies to reduction='mean', not {reduction!r}")
+    """``ForCausalLMLoss``'s reduction of per-token losses (0 at ignored positions):
+    ``none`` as they are, else their sum over ``nll_denominator``."""
+    scored = (labels[..., 1:] if shift else labels) != ignore_index
+    denominator = nll_denominator(
+        scored.sum(), reduction=reduction, num_items_in_batch=num_items_in_batch, device=nll.device
+    )
     if reduction == "none":
         return nll
-    total = nll.sum()
-    if reduction == "sum":
-        return total
-    if num_items_in_batch is None:
-        scored = labels[..., 1:] if shift else labels
-        count = (scored != ignore_index).sum()
-    else:
-        count = torch.as_tensor(num_items_in_batch, device=total.device)
-    return total / count.clamp(min=1).to(total.dtype)
+    return nll.sum() / denominator.to(nll.dtype)

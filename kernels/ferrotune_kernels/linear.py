@@ -26,10 +26,12 @@ from __future__ import annotations
 import torch
 
 from ferrotune_kernels import backend, rows
+from ferrotune_kernels.cross_entropy import cross_entropy_ref
 from ferrotune_kernels.labels import (
     at_label_positions,
     check_shapes,
     check_targets,
+    nll_denominator,
     reduce_nll,
     row_targets,
 )
@@ -287,17 +289,15 @@ def linear_cross_entropy(
     """
     eager = reduction != "none" and vocab_slice is None
     if eager and _autocast(hidden, weight, bias)[1].dtype in (torch.float32, torch.float64):
-        if num_items_in_batch is not None and reduction != "mean":
-            raise ValueError(f"num_items_in_batch applies to reduction='mean', not {reduction!r}")
         rows_, weight, bias, targets, scored = _scored_rows(
             hidden, weight, bias, labels, shift, ignore_index
         )
-        count = torch.tensor(scored.numel(), device=weight.device)
-        if reduction == "sum":
-            count = torch.ones((), device=weight.device)
-        elif num_items_in_batch is not None:
-            count = torch.as_tensor(num_items_in_batch, device=weight.device)
-        denominator = count.clamp(min=1).to(weight.dtype)
+        denominator = nll_denominator(
+            scored.numel(),
+            reduction=reduction,
+            num_items_in_batch=num_items_in_batch,
+            device=weight.device,
+        ).to(weight.dtype)
         chunk = token_chunk_rows(weight.shape[0], weight.dtype, weight.device)
         options = (ignore_index, backend.choose(hidden), chunk)
         return LinearCrossEntropyFunction.apply(
@@ -341,20 +341,7 @@ def linear_cross_entropy_ref(
     labels: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
-    shift: bool = True,
-    ignore_index: int = -100,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    reduction: str = "mean",
+    **options,
 ) -> torch.Tensor:
-    """Plain PyTorch: the full logits, log-softmax, gather, reduce."""
-    logp = linear_token_logprobs_ref(
-        hidden, weight, labels, bias=bias, shift=shift, ignore_index=ignore_index
-    )
-    return reduce_nll(
-        -logp,
-        labels,
-        shift=shift,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        num_items_in_batch=num_items_in_batch,
-    )
+    """Plain PyTorch: the full logits, then ``cross_entropy_ref``."""
+    return cross_entropy_ref(torch.nn.functional.linear(hidden, weight, bias), labels, **options)
