@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,24 @@ def qwen_tokenizer() -> Path:
 def example_tokenizer() -> Path:
     """The project's own small byte-level BPE tokenizer (examples/train_tokenizer.py)."""
     return EXAMPLES / "tokenizer"
+
+
+@pytest.fixture
+def torchrun() -> Callable[..., None]:
+    """``torchrun(args, pythonpath=[])``: ``ferrotune ARGS`` in two processes (gloo on the CPU,
+    a free port), failing the test with the processes' stderr."""
+
+    def run(args: list[str], pythonpath: list[str] = ()) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        path = os.pathsep.join([*pythonpath, os.environ.get("PYTHONPATH", "")])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                  "--master_port", str(port), "-m", "ferrotune.cli"]  # fmt: skip
+        done = subprocess.run(
+            [*launch, *args], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return run

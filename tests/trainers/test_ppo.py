@@ -14,6 +14,7 @@ import torch
 from ferrotune.cli import main
 from ferrotune.data import prep_ppo
 from ferrotune.data.shards import ShardDataset, read_manifest
+from ferrotune.errors import ConfigError
 from ferrotune.train.config import PpoConfig
 from ferrotune.train.ppo import PpoRun
 from ferrotune.train.rewards import reference_overlap
@@ -86,6 +87,71 @@ def test_reward_model_is_frozen_and_the_critic_learns(tmp_path, prompts):
     assert sum(value_losses[-3:]) < sum(value_losses[:3]), value_losses
 
 
+def test_resume_repeats_the_unbroken_run(tmp_path, prompts, rule):
+    """Stopped after step 2 and resumed from its checkpoint, a run logs the unbroken run's
+    steps 3-4 and ends with its weights: optimizers, RNGs and prompt order come back."""
+    settings = {"reward_fn": rule, "max_steps": 4, "save_strategy": "steps", "save_steps": 2,
+                "per_device_train_batch_size": 3, "ppo_epochs": 2,
+                "num_mini_batches": 2}  # fmt: skip
+    data, manifest = ShardDataset(prompts), read_manifest(prompts)
+    whole = PpoRun(config(tmp_path, prompts, output_dir=str(tmp_path / "whole"), **settings),
+                   data, manifest).train()  # fmt: skip
+    checkpoint = whole / "checkpoint-2"
+    again = PpoRun(config(tmp_path, prompts, output_dir=str(tmp_path / "again"),
+                          resume_from_checkpoint=str(checkpoint), **settings),
+                   data, manifest).train()  # fmt: skip
+    first = json.loads((whole / "ppo_history.json").read_text())
+    second = json.loads((again / "ppo_history.json").read_text())
+    assert [row["step"] for row in second] == [1, 2, 3, 4]
+    for row, want in zip(second, first, strict=True):
+        assert row == pytest.approx(want, rel=1e-6, abs=1e-9), (row, want)
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "critic/model.safetensors"):
+        one, two = load_file(whole / name), load_file(again / name)
+        assert all(torch.equal(one[k], two[k]) for k in one), name
+    with pytest.raises(ConfigError, match="not a PPO checkpoint"):
+        PpoRun(config(tmp_path, prompts, resume_from_checkpoint=str(tmp_path), **settings),
+               data, manifest)  # fmt: skip
+
+
+def stopping_model(folder: Path) -> Path:
+    """A tiny actor whose greedy answers differ and end at different lengths (EOS's embedding
+    copies a token it often picks): so two processes see different token counts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = {**json.loads(MODEL.read_text()), "initializer_range": 0.2}
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings))
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
+        embedding[0] = embedding[1580] * 1.05
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_two_processes_train_as_one(tmp_path, prompts, rule, torchrun):
+    """torchrun with 2 processes x 4 prompts gives the metrics of one process with 8: rollouts
+    are split, whitening and means are global, DDP averages the gradients. Near-greedy sampling
+    (top_p 1e-6) makes the rollouts independent of how the RNG streams are split."""
+    actor = stopping_model(tmp_path / "actor")
+    args = ["train", "ppo", "--model", str(actor), "--data", str(prompts), "max_steps=3",
+            "save_strategy=no", "use_cpu=true", f"reward_fn={rule}", "top_p=1e-6",
+            "response_length=6", "ppo_epochs=2", "learning_rate=3e-3",
+            "report_to=none"]  # fmt: skip
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=8"]) == 0
+    )
+    torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=4"],
+             pythonpath=[str(tmp_path)])  # fmt: skip
+    one = json.loads((tmp_path / "one" / "ppo_history.json").read_text())
+    two = json.loads((tmp_path / "two" / "ppo_history.json").read_text())
+    assert [row["step"] for row in two] == [1, 2, 3]
+    assert any(row["response_length"] < 6 for row in one), one  # some answers ended early
+    for row, want in zip(two, one, strict=True):
+        assert row == pytest.approx(want, rel=1e-4, abs=1e-6), (row, want)
+
+
 def test_reference_overlap_reward():
     scores = reference_overlap(["q"] * 3, ["abc", "xyz", "abc"], ["abcd", "abc", None])
     assert scores[0] == pytest.approx(2 * 1.0 * 0.75 / 1.75)
@@ -103,10 +169,18 @@ def test_cli_runs_ppo_on_medicalgpt_prompts(qwen_tokenizer, medicalgpt, tmp_path
     code = main(["train", "ppo", "--model", str(tmp_path / "tiny.json"), "--data",
                  str(tmp_path / "ppo"), "--output-dir", str(tmp_path / "out"), "max_steps=2",
                  "per_device_train_batch_size=2", "response_length=6", "use_cpu=true",
-                 "reward_fn=ferrotune.train.rewards:reference_overlap"])  # fmt: skip
+                 "reward_fn=ferrotune.train.rewards:reference_overlap",
+                 "report_to=tensorboard"])  # fmt: skip
     assert code == 0
     history = json.loads((tmp_path / "out" / "ppo_history.json").read_text())
     assert [row["step"] for row in history] == [1, 2]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "out" / "runs")).Reload()
+    for name in ("score", "kl", "loss/policy", "loss/value", "policy/entropy"):
+        logged = events.Scalars(name)
+        assert [e.step for e in logged] == [1, 2], name
+        assert [e.value for e in logged] == pytest.approx([row[name] for row in history]), name
 
 
 def test_cli_chain_pt_sft_rm_ppo_on_medicalgpt(qwen_tokenizer, medicalgpt, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from ferrotune.train.ppo_math import (
     gae,
     kl_estimate,
+    masked_mean,
     masked_whiten,
     policy_loss,
     token_rewards,
@@ -122,3 +124,49 @@ def test_padding_gets_no_gradient():
     loss, _ = policy_loss(logp, logp.detach() - 0.1, rand(), mask, cliprange=0.2)
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.all(grad[mask == 0] == 0) and grad[mask == 1].abs().sum() > 0
+
+
+def test_split_batches_reduce_to_the_whole_batch():
+    """Two "processes" with half the rows each (different token counts): whitening with summed
+    statistics, and losses over each one's share of the global token count, averaged as DDP
+    averages gradients, equal the whole batch in one process."""
+    rand, mask = batch(5)
+    advantages, logp = rand(), (-rand().abs()).requires_grad_()
+    parts = [slice(0, 1), slice(1, 4)]  # 7 tokens and 9 tokens
+    barrier, sums = threading.Barrier(2), [None, None]
+
+    def total_for(rank):
+        def total(value):
+            sums[rank] = value
+            barrier.wait()
+            summed = sums[0] + sums[1]
+            barrier.wait()
+            return summed
+
+        return total
+
+    whitened = [None, None]
+
+    def whiten(rank):
+        rows = parts[rank]
+        whitened[rank] = masked_whiten(advantages[rows], mask[rows], total=total_for(rank))
+
+    threads = [threading.Thread(target=whiten, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert torch.allclose(torch.cat(whitened), masked_whiten(advantages, mask), atol=1e-12)
+
+    share = mask.sum() / 2
+    old = logp.detach() - 0.1
+    split = [
+        policy_loss(logp[r], old[r], advantages[r], mask[r], cliprange=0.2, count=share)[0]
+        for r in parts
+    ]
+    whole = policy_loss(logp, old, advantages, mask, cliprange=0.2)[0]
+    assert (sum(split) / 2).item() == pytest.approx(whole.item(), abs=1e-12)
+    (grad_split,) = torch.autograd.grad(sum(split) / 2, logp)
+    (grad_whole,) = torch.autograd.grad(whole, logp)
+    assert torch.allclose(grad_split, grad_whole, atol=1e-12)
+    assert masked_mean(advantages, mask * 0).item() == 0.0  # nothing masked in: 0, not NaN

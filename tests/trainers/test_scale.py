@@ -4,10 +4,6 @@ losses of one process with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,29 +53,13 @@ def test_resume_from_checkpoint_gives_the_unbroken_losses(sft_data, tmp_path):
         assert again[step] == pytest.approx(whole[step], rel=1e-6), (step, whole, again)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_ddp_equals_one_process(sft_data, tmp_path):
+def test_two_process_ddp_equals_one_process(sft_data, tmp_path, torchrun):
     args = ["train", "sft", "--model", str(sft_data["model"]), "--data", str(sft_data["data"]),
             "max_steps=3", "save_strategy=no", "optim=sgd", *COMMON]  # fmt: skip
     assert (
         main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-              "--master_port", str(free_port()), "-m", "ferrotune.cli"]  # fmt: skip
-    done = subprocess.run(
-        [*launch, *args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2"])
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:

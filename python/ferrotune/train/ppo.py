@@ -13,6 +13,11 @@ score head reads every position, initialised from the reward model). Each iterat
 4. ``ppo_epochs`` passes over ``num_mini_batches`` minibatches: clipped policy loss, clipped value
    loss (``vf_coef``), optional entropy bonus (``entropy_coef``).
 
+Under DDP each process rolls out its own prompts; whitening and every mean are taken over the
+global batch (sums reduced across processes), so N processes with B prompts each train as one
+process with N*B. ``resume_from_checkpoint`` restores optimizers, RNGs and the prompt order, so a
+resumed run repeats the unbroken one's later steps.
+
 The arithmetic lives in ``ppo_math``; this module is the loop around it.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,8 @@ from ferrotune.train.ppo_math import gae, masked_mean, masked_whiten, policy_los
 from ferrotune.train.ppo_math import value_loss as clipped_value_loss
 from ferrotune_kernels import linear_token_logprobs
 
+STATE = "ppo_state.pt"  # optimizers, step and history: one file, written by the main process
+RANK_STATE = "rng-{rank}.pt"  # each process's RNGs and pending prompts
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>")
 RewardFn = Callable[[list[str], list[str], list[Any]], list[float]]
 
@@ -146,9 +154,17 @@ class PpoRun:
             stops.add(tokenizer_info["eos"]["id"])
         self.stop_ids = sorted(stops)
         torch.manual_seed(config.seed)
-        self.actor = load_causal_lm(config.model, seed=config.seed)
+        resume = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+        if resume is not None and not (resume / STATE).is_file():
+            raise ConfigError(
+                f"resume_from_checkpoint={resume}: no {STATE} there (not a PPO checkpoint)",
+                option="resume_from_checkpoint",
+            )
+        self.actor = load_causal_lm(str(resume or config.model), seed=config.seed)
         self.reference = _frozen(load_causal_lm(config.reference or config.model, seed=config.seed))
         critic_from = config.critic or config.reward_model or config.model
+        if resume is not None:
+            critic_from = str(resume / "critic")
         self.critic = load_reward_model(critic_from, seed=config.seed, pad_id=self.pad_id)
         self.reward_model = None
         self.reward_fn = None
@@ -173,22 +189,30 @@ class PpoRun:
         if self.reward_model is not None:
             self.reward_model.to(self.device)
         self.history: list[dict[str, float]] = []
-        self.generator = torch.Generator().manual_seed(config.seed)
-
-    def batches(self):
-        """Prompt batches forever: each rank its own slice of a reshuffled order, passes chained
-        (so a batch larger than the prompt set still fills)."""
-        size = self.config.per_device_train_batch_size
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        # Two streams, so that the prompt order does not depend on the minibatch size.
+        self.prompt_rng = torch.Generator().manual_seed(config.seed)
+        self.minibatch_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.pending: list[int] = []
+        world = self.accelerator.num_processes
         if len(self.prompts) < world:
             raise ConfigError(f"{len(self.prompts)} prompts cannot feed {world} processes")
-        pending: list[int] = []
-        while True:
-            while len(pending) < size:
-                order = torch.randperm(len(self.prompts), generator=self.generator).tolist()
-                pending += order[rank::world]
-            batch, pending = pending[:size], pending[size:]
-            yield [self.prompts[i] for i in batch]
+        if resume is not None:
+            self.load_state(resume)
+
+    def total(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over all processes."""
+        return self.accelerator.reduce(value.detach().clone(), reduction="sum")
+
+    def next_prompts(self) -> list[dict]:
+        """The next batch: each rank its own slice of a reshuffled order, passes chained (so a
+        batch larger than the prompt set still fills)."""
+        size = self.config.per_device_train_batch_size
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        while len(self.pending) < size:
+            order = torch.randperm(len(self.prompts), generator=self.prompt_rng).tolist()
+            self.pending += order[rank::world]
+        batch, self.pending = self.pending[:size], self.pending[size:]
+        return [self.prompts[i] for i in batch]
 
     @torch.no_grad()
     def rollout(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -241,9 +265,9 @@ class PpoRun:
             scores, logp, ref_logp, rmask_f, kl_coef=config.kl_coef, kl_kind=config.kl_estimator
         )
         if config.whiten_rewards:
-            rewards = masked_whiten(rewards, rmask_f, shift_mean=False)
+            rewards = masked_whiten(rewards, rmask_f, shift_mean=False, total=self.total)
         advantages, returns = gae(rewards, values, rmask_f, gamma=config.gamma, lam=config.lam)
-        advantages = masked_whiten(advantages, rmask_f)
+        advantages = masked_whiten(advantages, rmask_f, total=self.total)
         return {
             "sequences": sequences,
             "mask": mask,
@@ -264,12 +288,14 @@ class PpoRun:
         minibatch = max(1, size // config.num_mini_batches)
         length = int(batch["prompt_length"])
         stats: dict[str, list[float]] = {}
+        world = self.accelerator.num_processes
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(size, generator=self.generator)
+            order = torch.randperm(size, generator=self.minibatch_rng)
             for start in range(0, size, minibatch):
                 pick = order[start : start + minibatch].to(self.device)
                 part = {k: v[pick] for k, v in batch.items() if v.dim() > 0}
                 rmask = part["rmask"]
+                share = self.total(rmask.sum()).clamp(min=1) / world  # see masked_mean
                 logp, entropy = response_logprobs(
                     self.actor,
                     part["sequences"],
@@ -280,17 +306,16 @@ class PpoRun:
                     True,
                 )
                 values = critic_values(self.critic, part["sequences"], part["mask"], length)
+                old_logp, advantages = part["logp"], part["advantages"]
                 pg_loss, pg_stats = policy_loss(
-                    logp, part["logp"], part["advantages"], rmask, cliprange=config.cliprange
+                    logp, old_logp, advantages, rmask, cliprange=config.cliprange, count=share
                 )
+                old_values, returns = part["values"], part["returns"]
+                clip = config.cliprange_value
                 vf_loss, vf_clipfrac = clipped_value_loss(
-                    values,
-                    part["values"],
-                    part["returns"],
-                    rmask,
-                    cliprange_value=config.cliprange_value,
+                    values, old_values, returns, rmask, cliprange_value=clip, count=share
                 )
-                mean_entropy = masked_mean(entropy, rmask)
+                mean_entropy = masked_mean(entropy, rmask, share)
                 loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * mean_entropy
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(len(self.history) + 1, float(loss), config.output_dir)
@@ -310,25 +335,26 @@ class PpoRun:
                     "policy/approx_kl": pg_stats["approx_kl"],
                     "value/clipfrac": vf_clipfrac,
                 }.items():
-                    stats.setdefault(name, []).append(float(value.detach()))
+                    stats.setdefault(name, []).append(float(self.total(value)) / world)
         return {name: sum(values) / len(values) for name, values in stats.items()}
 
     def train(self) -> Path:
         config = self.config
         out = Path(config.output_dir)
         writer = _tensorboard(config, out)
-        prompts = self.batches()
         steps = config.max_steps if config.max_steps > 0 else 1
-        for step in range(1, steps + 1):
-            batch = self.rollout(next(prompts))
+        for step in range(len(self.history) + 1, steps + 1):
+            batch = self.rollout(self.next_prompts())
             row = {"step": step, **self.update(batch)}
             rmask = batch["rmask"]
+            tokens = self.total(rmask.sum())
+            rows = self.total(torch.tensor(rmask.shape[0], device=self.device))
             row.update(
                 {
                     "score": float(self.accelerator.gather(batch["scores"]).mean()),
                     "kl": float(self.accelerator.gather((batch["kl"] * rmask).sum(1)).mean()),
-                    "returns": float(masked_mean(batch["returns"], rmask)),
-                    "response_length": float(rmask.sum(1).mean()),
+                    "returns": float(self.total((batch["returns"] * rmask).sum()) / tokens),
+                    "response_length": float(tokens / rows),
                 }
             )
             self.history.append(row)
@@ -350,15 +376,64 @@ class PpoRun:
         return out
 
     def save(self, folder: Path) -> None:
-        """Actor in ``folder``, critic in ``folder/critic``, both HF format; history and plot."""
+        """Actor in ``folder``, critic in ``folder/critic``, both HF format; history and plot;
+        the state a resumed run needs (``STATE``, and ``RANK_STATE`` from every process)."""
         self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
         folder.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(self.actor).save_pretrained(folder)
-        self.accelerator.unwrap_model(self.critic).save_pretrained(folder / "critic")
-        (folder / "ppo_history.json").write_text(json.dumps(self.history, indent=1))
-        plot_history(self.history, ["score", "kl"], folder / "ppo.png")
+        _save_atomic(
+            {
+                "pending": self.pending,
+                "prompt_rng": self.prompt_rng.get_state(),
+                "minibatch_rng": self.minibatch_rng.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            folder / RANK_STATE.format(rank=self.accelerator.process_index),
+        )
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.actor).save_pretrained(folder)
+            self.accelerator.unwrap_model(self.critic).save_pretrained(folder / "critic")
+            (folder / "ppo_history.json").write_text(json.dumps(self.history, indent=1))
+            plot_history(self.history, ["score", "kl"], folder / "ppo.png")
+            _save_atomic(
+                {
+                    "actor_optimizer": self.actor_optimizer.state_dict(),
+                    "critic_optimizer": self.critic_optimizer.state_dict(),
+                    "history": self.history,
+                    "world_size": self.accelerator.num_processes,
+                },
+                folder / STATE,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def load_state(self, folder: Path) -> None:
+        """Optimizers, history and each process's RNGs from a checkpoint ``save`` wrote."""
+        state = torch.load(folder / STATE, weights_only=False)
+        if state["world_size"] != self.accelerator.num_processes:
+            raise ConfigError(
+                f"resume_from_checkpoint={folder}: saved by {state['world_size']} processes, "
+                f"resumed by {self.accelerator.num_processes}",
+                option="resume_from_checkpoint",
+            )
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.history = state["history"]
+        mine = torch.load(
+            folder / RANK_STATE.format(rank=self.accelerator.process_index), weights_only=False
+        )
+        self.pending = mine["pending"]
+        self.prompt_rng.set_state(mine["prompt_rng"])
+        self.minibatch_rng.set_state(mine["minibatch_rng"])
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"]:
+            torch.cuda.set_rng_state_all(mine["cuda"])
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """``torch.save`` through a temporary file: a killed run leaves the old file or none."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def _frozen(model):

@@ -8,28 +8,44 @@ masked mean. The formulas and defaults follow TRL's PPOTrainer before its remova
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 KL_ESTIMATORS = ("k1", "k3")
+Total = Callable[[torch.Tensor], torch.Tensor]
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is 1 (0 when nothing is)."""
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+def _local(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is 1 (0 when nothing is).
+
+    ``count`` replaces the denominator ``mask.sum()``: under DDP each process divides its sum by
+    its share of the global token count (positive), so that the averaged gradients are those of
+    one mean over the global batch, whatever the split of tokens between processes.
+    """
+    denominator = mask.sum().clamp(min=1) if count is None else count
+    return (values * mask).sum() / denominator
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True
+    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, total: Total = _local
 ) -> torch.Tensor:
     """``values`` scaled to unit variance (and zero mean) over the masked positions; 0 elsewhere.
 
     The variance is the unbiased one, as TRL's ``masked_whiten``; ``shift_mean=False`` keeps the
-    mean (used for rewards, whose sign matters).
+    mean (used for rewards, whose sign matters). ``total`` sums a tensor over all processes
+    (identity by default), so that DDP whitens over the global batch as one process would.
     """
-    mean = masked_mean(values, mask)
+    count = total(mask.sum())
+    mean = total((values * mask).sum()) / count.clamp(min=1)
     centred = values - mean
-    count = mask.sum()
-    variance = (centred**2 * mask).sum() / (count - 1).clamp(min=1)
+    variance = total((centred**2 * mask).sum()) / (count - 1).clamp(min=1)
     whitened = centred * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -105,18 +121,20 @@ def policy_loss(
     mask: torch.Tensor,
     *,
     cliprange: float,
+    count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate, a masked mean over tokens; stats: clipfrac, approx_kl, ratio."""
+    """PPO's clipped surrogate, a masked mean over tokens (``count``: see ``masked_mean``);
+    stats: clipfrac, approx_kl, ratio."""
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, count)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": 0.5 * masked_mean(log_ratio**2, mask),
-            "ratio": masked_mean(ratio, mask),
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask, count),
+            "approx_kl": 0.5 * masked_mean(log_ratio**2, mask, count),
+            "ratio": masked_mean(ratio, mask, count),
         }
     return loss, stats
 
@@ -128,14 +146,16 @@ def value_loss(
     mask: torch.Tensor,
     *,
     cliprange_value: float,
+    count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), masked mean; and its clipfrac."""
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), masked mean (``count``: see
+    ``masked_mean``); and its clipfrac."""
     clipped_values = old_values + torch.clamp(
         values - old_values, -cliprange_value, cliprange_value
     )
     unclipped = (values - returns) ** 2
     clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask, count)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        clipfrac = masked_mean((clipped > unclipped).float(), mask, count)
     return loss, clipfrac
