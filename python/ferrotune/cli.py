@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ferrotune import __version__, inspect
+from ferrotune import __version__, inspect, pipeline
 from ferrotune.errors import FerrotuneError
 from ferrotune.train import command as train_command
 
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prep_chat(stages, stage)
     inspect.add_parser(commands)
     train_command.add_parser(commands)
+    pipeline.add_parser(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "OutputExistsError",
     "TemplateError",
     "TokenizerError",
+    "did_you_mean",
 ]
 
 
@@ -97,3 +98,12 @@ class OutputExistsError(FerrotuneError, FileExistsError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def did_you_mean(name: str, choices) -> str:
+    """``"; did you mean 'x'?"`` for the nearest of ``choices``, or ``""``: every "unknown key"
+    error names the likeliest intended one."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""

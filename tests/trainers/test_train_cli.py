@@ -178,3 +178,34 @@ def test_sft_output_feeds_rm_and_dpo(sft_few, tiny_config, qwen_tokenizer, medic
     first = next(row for row in state["log_history"] if "loss" in row)
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = frozen reference
     assert not list((tmp_path / "dpo-data").glob("ref-logps-*"))  # nothing precomputed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU-only errors need a machine without")
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("fp16=true", "fp16=true: this machine has no CUDA GPU. fp16 mixed precision needs"),
+        ("tf32=true", "tf32=true: this machine has no CUDA GPU."),
+        ("bf16=true", "bf16=true: this machine has no CUDA GPU; bf16 on the CPU needs use_cpu"),
+        ("optim=adamw_bnb_8bit", "optim=adamw_bnb_8bit: bitsandbytes optimizers need a CUDA"),
+    ],
+)
+def test_gpu_only_settings_on_a_cpu_machine(setting, message, sft_few, tiny_config, capsys):
+    code = main(["train", "sft", "--model", str(tiny_config), "--data", str(sft_few), setting])
+    assert code == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_with_another_tokenizer_is_named(sft_few, tmp_path, capsys):
+    """The data was prepped with the Qwen tokenizer; a model folder shipping the examples'
+    tokenizer (as every stage's output does) must not train on it."""
+    model = tmp_path / "model"
+    config = transformers.AutoConfig.for_model(**TINY_QWEN)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    (model / "tokenizer.json").write_bytes(
+        (REPO / "examples/tokenizer/tokenizer.json").read_bytes()
+    )
+    assert main(["train", "sft", "--model", str(model), "--data", str(sft_few)]) == 1
+    err = capsys.readouterr().err
+    assert f"--model {model} has another tokenizer than the data" in err
+    assert f"prep the data again with --tokenizer {model}" in err

@@ -9,7 +9,6 @@ file and a command line mean the same thing, and an unknown key is an error nami
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from ferrotune.errors import ConfigError
+from ferrotune.errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -72,12 +71,16 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value", option=item)
         values[key.strip().replace("-", "_")] = value
+    return config_from_values(cls, values)
+
+
+def config_from_values(cls: type[Config], values: dict[str, Any]) -> Config:
+    """``cls`` from settings (YAML values or strings), converted by each field's type."""
     names = {f.name for f in fields(cls) if f.init}
     for key in values:
         if key not in names:
-            near = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"unknown setting {key!r}{hint}", option=key)
+            raise ConfigError(f"unknown setting {key!r}{did_you_mean(key, names)}", option=key)
+    check_gpu_options(values)
     parser = HfArgumentParser(cls)
     argv = _to_argv(values)
     stderr = io.StringIO()
@@ -94,6 +97,44 @@ def load_config(
     if not config.data:
         raise ConfigError("no data: give --data (a `ferrotune prep` output folder)", option="data")
     return config
+
+
+# Settings that need a CUDA GPU, and what to do instead on a machine without one.
+GPU_ONLY = {
+    "fp16": "fp16 mixed precision needs a CUDA GPU: leave it out (fp32), or bf16=true use_cpu=true",
+    "tf32": "TF32 matmuls exist on NVIDIA Ampere or newer GPUs only; leave it out",
+    "half_precision_backend": "apex needs a CUDA GPU; leave it out",
+}
+
+
+def check_gpu_options(values: dict[str, Any]) -> None:
+    """One plain error for a GPU-only setting on a machine without a GPU, before transformers
+    refuses it with a traceback, or silently ignores it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for key, why in GPU_ONLY.items():
+        value = str(values.get(key, "")).lower()
+        if value in ("true", "1", "yes", "apex"):
+            raise ConfigError(
+                f"{key}={values[key]}: this machine has no CUDA GPU. {why}", option=key
+            )
+    optim = str(values.get("optim", ""))
+    if "bnb" in optim or "8bit" in optim or optim.startswith("paged"):
+        raise ConfigError(
+            f"optim={optim}: bitsandbytes optimizers need a CUDA GPU and this machine has none; "
+            "use optim=adamw_torch",
+            option="optim",
+        )
+    truthy = ("true", "1", "yes")
+    bf16, use_cpu = (str(values.get(key, "")).lower() for key in ("bf16", "use_cpu"))
+    if bf16 in truthy and use_cpu not in truthy:
+        raise ConfigError(
+            f"bf16={values['bf16']}: this machine has no CUDA GPU; bf16 on the CPU needs "
+            "use_cpu=true",
+            option="bf16",
+        )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

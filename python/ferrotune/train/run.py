@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -55,12 +56,28 @@ def shards_of(path: str, stage: str) -> tuple[ShardDataset, dict]:
     return ShardDataset(path), manifest
 
 
+def check_tokenizer(model: str, manifest: dict) -> None:
+    """A model folder that ships a tokenizer must ship the one the data was prepped with (the
+    manifest records its sha256): other ids would train silently on the wrong tokens."""
+    file = Path(model) / "tokenizer.json"
+    if not file.is_file():
+        return
+    recorded = manifest["tokenizer"]
+    if hashlib.sha256(file.read_bytes()).hexdigest() != recorded["sha256"]:
+        raise ConfigError(
+            f"--model {model} has another tokenizer than the data, which was prepped with "
+            f"{recorded['path']}: prep the data again with --tokenizer {model}",
+            option="model",
+        )
+
+
 def train(stage: str, config: TrainConfig) -> Path:
     """Train ``stage`` as ``config`` says; returns the folder the final model is saved in."""
     if stage not in CONFIGS:
         raise ConfigError(f"unknown stage {stage!r}: expected one of {', '.join(CONFIGS)}")
     transformers.set_seed(config.seed)
     train_data, manifest = shards_of(config.data, stage)
+    check_tokenizer(config.model, manifest)
     eval_data = shards_of(config.eval_data, stage)[0] if config.eval_data else None
     pad = manifest["tokenizer"].get("pad") or manifest["tokenizer"].get("eos") or {"id": 0}
     if stage == "ppo":
