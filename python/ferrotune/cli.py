@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ferrotune import __version__, inspect, pipeline
+from ferrotune.bench import command as bench_command
 from ferrotune.errors import FerrotuneError
 from ferrotune.train import command as train_command
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prep_chat(stages, stage)
     inspect.add_parser(commands)
     train_command.add_parser(commands)
+    bench_command.add_parser(commands)
     pipeline.add_parser(commands)
     return parser
 
