@@ -129,11 +129,12 @@ for module in (ferrotune, ferrotune._native, ferrotune_kernels):
     print(f"{module.__name__}: {path.relative_to(venv)}")
 EOF
 
-# The demo's first stage. When `ferrotune pipeline` lands, replace this line with
-#   clean ferrotune pipeline "$REPO/examples/pipeline.yaml" --stages pt --out "$TMP/run"
-# and point the manifest check below at the PT stage's output in "$TMP/run".
-clean ferrotune prep pt --tokenizer "$REPO/examples/tokenizer" --input "$REPO/examples/pt" --out "$TMP/pt" --block-size 256  # DEMO
+# The demo's first stage: the README's main job, PT only (prep + train + report).
+clean ferrotune pipeline "$REPO/examples/pipeline.yaml" --stages pt --out "$TMP/run"
 clean python -c 'import json, sys; assert json.load(open(sys.argv[1]))["stage"] == "pt"' \
-    "$TMP/pt/manifest.json"
+    "$TMP/run/data/pt/manifest.json"
+clean python -c 'import json, sys; assert json.load(open(sys.argv[1]))["stages"]["pt"]["status"] == "done"' \
+    "$TMP/run/pipeline.json"
+test -f "$TMP/run/models/pt/model.safetensors" && test -f "$TMP/run/report/index.html"
 
 step "done"

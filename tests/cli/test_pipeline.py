@@ -48,7 +48,7 @@ def test_the_example_runs_every_stage(example_run):
     assert dpo[0] == pytest.approx(math.log(2), abs=1e-3)  # starts from SFT, its own reference
     assert any("accuracy" in row for row in history(example_run, "rm"))
     ppo = history(example_run, "ppo")
-    assert len(ppo) == 10 and all(math.isfinite(row["score"]) for row in ppo)
+    assert len(ppo) == 20 and all(math.isfinite(row["score"]) for row in ppo)
     assert (example_run / "models" / "ppo" / "critic" / "config.json").is_file()
     page = (example_run / "report" / "index.html").read_text()
     assert "pipeline.yaml" in page and "Reward model" in page
