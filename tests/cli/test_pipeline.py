@@ -133,6 +133,31 @@ def test_a_run_stopped_after_sft_resumes_at_rm(tmp_path, capsys):
     assert "ppo model reused" in capsys.readouterr().out
 
 
+def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsys):
+    """RM writes a checkpoint every step; after a "crash" that left only checkpoint-1 (the state
+    still says running), the rerun resumes there and logs the unbroken run's step-2 loss."""
+    path = small_pipeline(tmp_path)
+    lines = path.read_text().splitlines()
+    lines = [line[:-1] + ", train: {save_strategy: steps, save_steps: 1}}"
+             if line.startswith("rm:") else line for line in lines]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    assert main(["pipeline", str(path), "--out", str(out), "--stages", "pt,sft,rm"]) == 0
+    rm = out / "models" / "rm"
+    unbroken = [row["loss"] for row in history(out, "rm") if "loss" in row]
+    shutil.rmtree(rm / "checkpoint-2")
+    (rm / "model.safetensors").unlink()
+    state = json.loads((out / "pipeline.json").read_text())
+    state["stages"]["rm"]["status"] = "running"
+    (out / "pipeline.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(["pipeline", str(path), "--out", str(out), "--stages", "pt,sft,rm"]) == 0
+    assert f"rm resumes from {rm / 'checkpoint-1'}" in capsys.readouterr().out
+    resumed = [row["loss"] for row in history(out, "rm") if "loss" in row]
+    assert len(unbroken) == len(resumed) == 2
+    assert resumed == pytest.approx(unbroken, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
