@@ -137,4 +137,12 @@ clean python -c 'import json, sys; assert json.load(open(sys.argv[1]))["stages"]
     "$TMP/run/pipeline.json"
 test -f "$TMP/run/models/pt/model.safetensors" && test -f "$TMP/run/report/index.html"
 
+step "ferrotune bench from the installed wheels (quick shapes; datasets/trl are not installed)"
+clean ferrotune bench kernels --quick --out "$TMP/bench"
+clean ferrotune bench prep pt --quick --input "$REPO/examples/pt" \
+    --tokenizer "$REPO/examples/tokenizer" --out "$TMP/bench"
+for name in kernels prep_pt; do
+    test -s "$TMP/bench/$name.csv" && test -s "$TMP/bench/$name.png"
+done
+
 step "done"
