@@ -209,3 +209,22 @@ def test_a_model_with_another_tokenizer_is_named(sft_few, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--model {model} has another tokenizer than the data" in err
     assert f"prep the data again with --tokenizer {model}" in err
+
+
+def test_gradient_checkpointing_gives_the_same_steps(sft_few, tiny_config, tmp_path):
+    """The loss reads the final hidden states (``logits_to_keep=1``, ``output_hidden_states``):
+    recomputing activations in the backward must not change losses or gradient norms."""
+
+    def run(checkpointing: str) -> list[tuple[float, float]]:
+        out = tmp_path / checkpointing
+        assert main(["train", "sft", "--model", str(tiny_config), "--data", str(sft_few),
+                     "--output-dir", str(out), "max_steps=3", "per_device_train_batch_size=2",
+                     "learning_rate=1e-2", f"gradient_checkpointing={checkpointing}",
+                     *QUIET]) == 0  # fmt: skip
+        state = json.loads((out / "trainer_state.json").read_text())
+        return [(r["loss"], r["grad_norm"]) for r in state["log_history"] if "loss" in r]
+
+    plain, recomputed = run("false"), run("true")
+    assert len(plain) == 3
+    for (loss, norm), (loss2, norm2) in zip(plain, recomputed, strict=True):
+        assert loss2 == pytest.approx(loss, rel=1e-5) and norm2 == pytest.approx(norm, rel=1e-4)
