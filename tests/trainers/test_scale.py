@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ferrotune.cli import main
 from ferrotune.data import prep_sft
@@ -60,6 +61,31 @@ def test_two_process_ddp_equals_one_process(sft_data, tmp_path, torchrun):
         main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
     )
     torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2"])
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), (step, one, two)
+
+
+def test_two_process_dpo_shares_the_reference_pass(tmp_path, torchrun):
+    """Under DDP each process scores half of the pairs with the reference; the gathered cache
+    equals one process's, and the DPO losses are one process's for the same global batch."""
+    from ferrotune.data import prep_dpo
+
+    repo = Path(__file__).resolve().parents[2] / "examples"
+    data = tmp_path / "dpo"
+    prep_dpo(repo / "tokenizer", repo / "pairs", data, max_length=256)
+    args = ["train", "dpo", "--model", str(repo / "model" / "config.json"), "--data", str(data),
+            "max_steps=3", "save_strategy=no", "optim=sgd", "seed=1", *COMMON]  # fmt: skip
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
+    )
+    (cache,) = data.glob("ref-logps-*.pt")
+    single = torch.load(cache)
+    cache.unlink()  # the two processes compute it again, half each
+    torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2"])
+    assert torch.allclose(torch.load(cache), single, rtol=1e-5, atol=1e-5)
+    assert len(single) == 48 and single.abs().min() > 0  # every pair scored, none left at 0
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:

@@ -150,27 +150,44 @@ def reference_logps(
     """(N, 2) reference log-probs of every pair, computed in one pass and cached.
 
     The cache file sits beside the shards (``ref-logps-KEY.pt``), keyed by the reference's weights
-    and the shards' sha256, so a second run on the same data and reference reads it back.
+    and the shards' sha256, so a second run on the same data and reference reads it back. Under
+    DDP each process scores every ``world``-th pair and the parts are gathered: the pass costs
+    1/world of the time, and the main process alone writes the file.
     """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    rank, world = state.process_index, state.num_processes
     data_key = json.dumps([s["sha256"] for s in manifest["shards"]])
     key = hashlib.blake2b(
         (model_fingerprint(reference) + data_key).encode(), digest_size=12
     ).hexdigest()
     path = cache_dir / f"ref-logps-{key}.pt"
-    if path.is_file():
+    cached = path.is_file()
+    if world > 1:  # compute together unless every process sees the file
+        cached = all(gather_object([cached]))
+    if cached:
         return torch.load(path)
     reference = reference.to(device).eval()
     head = reference.get_output_embeddings()
     collate = DpoCollator(pad_id)
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+    mine = list(range(rank, len(rows), world))
+    out = [torch.zeros(0, 2)]
+    for start in range(0, len(mine), batch_size):
+        batch = collate([rows[i] for i in mine[start : start + batch_size]])
         batch = {name: value.to(device) for name, value in batch.items()}
         logps, _ = sequence_logps(reference, head, batch)
         chosen, rejected = logps.float().cpu().chunk(2)
         out.append(torch.stack([chosen, rejected], dim=1))
-    logps = torch.cat(out) if out else torch.zeros(0, 2)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(logps, tmp)
-    os.replace(tmp, path)  # atomic: a killed run leaves no half-written cache
+    logps = torch.cat(out)
+    if world > 1:
+        parts, logps = gather_object([logps]), torch.zeros(len(rows), 2)
+        for part_rank, part in enumerate(parts):
+            logps[part_rank::world] = part
+    if state.is_main_process:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(logps, tmp)
+        os.replace(tmp, path)  # atomic: a killed run leaves no half-written cache
+    state.wait_for_everyone()
     return logps
