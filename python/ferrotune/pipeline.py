@@ -14,12 +14,14 @@ stage after it.
 
 Paths in the YAML (``tokenizer``, ``model``, each ``prep.input``) are relative to the YAML's
 folder, so a pipeline file travels with its data; ``output_dir`` is relative to the working
-directory. The pipeline runs in one process; scale a stage out with ``torchrun ... train``.
+directory. Under torchrun every stage trains with DDP; the main process alone preps, writes the
+state and the report, and the others follow its decisions.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import hashlib
 import inspect as pyinspect
@@ -142,8 +144,12 @@ def _check_train_settings(stage: str, settings: dict[str, Any], where: str) -> N
 class State:
     """``pipeline.json``: per stage, the fingerprint of its data and of its trained model."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, *, writer: bool = True) -> None:
         self.path = output / STATE_FILE
+        self.writer = writer  # under torchrun, only the main process writes the file
+        self.reload()
+
+    def reload(self) -> None:
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             self.stages = json.loads(self.path.read_text())["stages"]
@@ -152,6 +158,8 @@ class State:
         return self.stages.setdefault(stage, {})
 
     def save(self) -> None:
+        if not self.writer:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"stages": self.stages}, indent=1))
@@ -170,15 +178,31 @@ def run_pipeline(pipeline: Pipeline, stages: list[str] | None = None) -> Path:
             f"(configured: {', '.join(pipeline.stages)})",
             option="stages",
         )
-    state = State(pipeline.output)
+    import torch
+    from accelerate import PartialState
+
+    # One process, or each of torchrun's. Created before any stage's TrainingArguments, which
+    # share it: on the CPU, gloo must be asked for here, as `use_cpu` asks for it there.
+    # The others wait for the main process's prep in a barrier, within ddp_timeout as in training.
+    cpu = str(pipeline.train.get("use_cpu", "")).lower() == "true" or not torch.cuda.is_available()
+    timeout = datetime.timedelta(seconds=int(pipeline.train.get("ddp_timeout", 1800)))
+    procs = PartialState(cpu=cpu, timeout=timeout)
+    main = procs.is_main_process
+    state = State(pipeline.output, writer=main)
+    report = pipeline.output / "report"
     for stage in chosen:
         started = time.perf_counter()
-        data = _prepare(pipeline, state, stage)
-        model = _train(pipeline, state, stage, data)
-        print(f"ferrotune: {stage} done in {time.perf_counter() - started:.1f} s -> {model}")
-        write_report(pipeline, state)
-    report = write_report(pipeline, state)
-    print(f"ferrotune: report at {report / 'index.html'}")
+        data = _prepare(pipeline, state, stage) if main else pipeline.output / "data" / stage
+        procs.wait_for_everyone()
+        state.reload()  # the others learn what the main process prepped
+        model = _train(pipeline, state, stage, data, procs)
+        if main:
+            print(f"ferrotune: {stage} done in {time.perf_counter() - started:.1f} s -> {model}")
+            write_report(pipeline, state)
+    if main:
+        report = write_report(pipeline, state)
+        print(f"ferrotune: report at {report / 'index.html'}")
+    procs.wait_for_everyone()
     return report
 
 
@@ -214,8 +238,11 @@ def _prepare(pipeline: Pipeline, state: State, stage: str) -> Path:
     return out
 
 
-def _train(pipeline: Pipeline, state: State, stage: str, data: Path) -> Path:
-    """Trains the stage from its upstream model unless an up-to-date model is already there."""
+def _train(pipeline: Pipeline, state: State, stage: str, data: Path, procs) -> Path:
+    """Trains the stage from its upstream model unless an up-to-date model is already there.
+
+    Every process takes the same decisions from the same state; the main process alone clears
+    a stale folder and writes the state, and the others wait for it before training."""
     from ferrotune.train.config import config_from_values
     from ferrotune.train.run import CONFIGS, train
 
@@ -235,24 +262,31 @@ def _train(pipeline: Pipeline, state: State, stage: str, data: Path) -> Path:
         upstream["reward"] = state.get("rm")["key"]
     record = state.get(stage)
     key = _digest({"settings": settings, "data": record.get("data"), **upstream})
+    say = print if procs.is_main_process else _quiet
     if record.get("status") == "done" and record.get("key") == key and out.is_dir():
-        print(f"ferrotune: {stage} model reused: {out} (same settings, data and start)")
+        say(f"ferrotune: {stage} model reused: {out} (same settings, data and start)")
         return out
     checkpoint = _last_checkpoint(out) if record.get("key") == key else None
     if checkpoint is not None:
         settings["resume_from_checkpoint"] = str(checkpoint)
-        print(f"ferrotune: {stage} resumes from {checkpoint}")
-    elif out.exists():
+        say(f"ferrotune: {stage} resumes from {checkpoint}")
+    elif out.exists() and procs.is_main_process:
         shutil.rmtree(out)  # a stale model from other settings
     for later in STAGES[STAGES.index(stage) + 1 :]:
         state.get(later).pop("status", None)  # their start changes: never reused as they are
     record.update(status="running", key=key, model=str(out))
     state.save()
+    procs.wait_for_everyone()
     config = config_from_values(CONFIGS[stage], settings)
     saved = train(stage, config)
     record["status"] = "done"
     state.save()
+    procs.wait_for_everyone()
     return saved
+
+
+def _quiet(*_: Any) -> None:
+    """``print`` for the processes other than the main one."""
 
 
 def _start_model(pipeline: Pipeline, state: State, stage: str) -> tuple[str, str]:

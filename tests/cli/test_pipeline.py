@@ -188,3 +188,18 @@ def test_stage_choices_are_checked(tmp_path, capsys):
     assert "--stages dpo: not configured" in capsys.readouterr().err
     assert main(["pipeline", str(path), "--stages", "ppo", "--out", str(tmp_path / "r")]) == 1
     assert "ppo needs a reward model" in capsys.readouterr().err
+
+
+def test_the_pipeline_runs_under_torchrun(tmp_path, torchrun):
+    """Two processes: the main one preps and writes state and report, both train every stage
+    (DDP), and a second launch reuses everything."""
+    path, out = small_pipeline(tmp_path), tmp_path / "run"
+    torchrun(["pipeline", str(path), "--out", str(out)])
+    state = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert [s for s in STAGES if state.get(s, {}).get("status") == "done"] == [
+        "pt", "sft", "rm", "ppo"
+    ]  # fmt: skip
+    assert (out / "report" / "index.html").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("models/*/model.safetensors")}
+    torchrun(["pipeline", str(path), "--out", str(out)])
+    assert len(stamps) == 4 and stamps == {p: p.stat().st_mtime_ns for p in stamps}
