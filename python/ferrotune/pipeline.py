@@ -226,7 +226,7 @@ def _prepare(pipeline: Pipeline, state: State, stage: str) -> Path:
             print(f"ferrotune: {stage} data reused: {out} (manifest matches the inputs)")
             return out
     prep_fn = getattr(prep_functions, f"prep_{stage}")
-    manifest = prep_fn(pipeline.tokenizer, inputs, out, overwrite=True, quiet=True, **prep)
+    manifest = prep_fn(pipeline.tokenizer, inputs, out, overwrite=True, quiet=False, **prep)
     record.clear()  # new data: the stage's model is out of date
     record["data"] = key
     state.save()
