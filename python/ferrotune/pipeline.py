@@ -42,6 +42,13 @@ STARTS_FROM = {"pt": (), "sft": ("pt",), "rm": ("sft", "pt"), "dpo": ("sft", "pt
                "ppo": ("sft", "pt")}  # fmt: skip
 TOP_KEYS = ("tokenizer", "model", "output_dir", "train", *STAGES)
 STAGE_KEYS = ("prep", "train")
+# Training settings the pipeline itself gives each stage, and where they come from.
+HANDED_ON = {
+    "model": "the previous stage's model; the top-level `model` starts the first stage",
+    "data": "the stage's `prep:` output",
+    "output_dir": "OUTPUT/models/STAGE; set the top-level `output_dir` or --out",
+    "resume_from_checkpoint": "a stopped stage resumes from its last checkpoint by itself",
+}
 INPUT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 STATE_FILE = "pipeline.json"
 
@@ -94,7 +101,10 @@ def load_pipeline(path: str | os.PathLike[str], output: str | None = None) -> Pi
         inputs = prep["input"] if isinstance(prep["input"], list) else [prep["input"]]
         prep["input"] = [str(root / str(item)) for item in inputs]
         _check_prep_options(stage, prep, f"{where}.prep")
-        stages[stage] = {"prep": prep, "train": dict(spec.get("train") or {})}
+        train = spec.get("train") or {}
+        if not isinstance(train, dict):
+            raise ConfigError(f"{where}.train: expected a mapping of training settings")
+        stages[stage] = {"prep": prep, "train": dict(train)}
     if not stages:
         raise ConfigError(f"{source}: no stage configured (expected any of {', '.join(STAGES)})")
     common = dict(values.get("train") or {})
@@ -138,6 +148,9 @@ def _check_train_settings(stage: str, settings: dict[str, Any], where: str) -> N
 
     names = tuple(f.name for f in fields(CONFIGS[stage]) if f.init)
     _check_keys(settings, names, f"{where} training settings")
+    for key, why in HANDED_ON.items():
+        if key in settings:
+            raise ConfigError(f"{where} training settings: {key!r} is set by the pipeline ({why})")
     check_gpu_options(settings)
 
 

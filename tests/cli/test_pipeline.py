@@ -166,6 +166,7 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsy
         (("max_steps: 2", "max_step: 2"), "unknown key 'max_step'; did you mean 'max_steps'?"),
         (("block_size", "block_sise"), "unknown key 'block_sise'; did you mean 'block_size'?"),
         (("use_cpu: true", "use_cpu: true, fp16: true"), "fp16=True: this machine has no CUDA"),
+        (("max_steps: 2,", "max_steps: 2, model: x,"), "'model' is set by the pipeline"),
     ],
 )
 def test_mistakes_are_named_before_anything_runs(edit, message, tmp_path, capsys):
