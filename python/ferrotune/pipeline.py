@@ -287,6 +287,8 @@ def _train(pipeline: Pipeline, state: State, stage: str, data: Path, procs) -> P
         shutil.rmtree(out)  # a stale model from other settings
     for later in STAGES[STAGES.index(stage) + 1 :]:
         state.get(later).pop("status", None)  # their start changes: never reused as they are
+    if checkpoint is None:
+        say(f"ferrotune: {stage} trains from {start}")
     record.update(status="running", key=key, model=str(out))
     state.save()
     procs.wait_for_everyone()
