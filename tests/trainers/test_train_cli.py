@@ -228,3 +228,35 @@ def test_gradient_checkpointing_gives_the_same_steps(sft_few, tiny_config, tmp_p
     assert len(plain) == 3
     for (loss, norm), (loss2, norm2) in zip(plain, recomputed, strict=True):
         assert loss2 == pytest.approx(loss, rel=1e-5) and norm2 == pytest.approx(norm, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def example_pairs(tmp_path_factory) -> dict[str, Path]:
+    from ferrotune.data import prep_dpo, prep_rm
+
+    root = tmp_path_factory.mktemp("pairs")
+    prep_rm(REPO / "examples/tokenizer", REPO / "examples/pairs", root / "rm", max_length=256)
+    prep_dpo(REPO / "examples/tokenizer", REPO / "examples/pairs", root / "dpo", max_length=256)
+    return {"rm": root / "rm", "dpo": root / "dpo"}
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
+def test_preference_stages_evaluate(stage, example_pairs, tmp_path):
+    """Reward pairs have no ``labels``: evaluation still gives the loss and the stage's metrics.
+    DPO evaluated before training, policy = reference (precomputed for the eval pairs too):
+    the loss is ln 2 and the margins 0."""
+    data = str(example_pairs[stage])
+    out = tmp_path / stage
+    assert main(["train", stage, "--model", str(REPO / "examples/model/config.json"), "--data",
+                 data, "--eval-data", data, "--output-dir", str(out), "max_steps=2",
+                 "eval_strategy=steps", "eval_steps=1", "eval_on_start=true",
+                 "per_device_eval_batch_size=16", *QUIET]) == 0  # fmt: skip
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [row for row in state["log_history"] if "eval_loss" in row]
+    assert [row["step"] for row in evals] == [0, 1, 2]
+    metric = "eval_accuracy" if stage == "rm" else "eval_rewards/accuracies"
+    assert all(0.0 <= row[metric] <= 1.0 and math.isfinite(row["eval_loss"]) for row in evals)
+    if stage == "dpo":
+        assert evals[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert evals[0]["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+        assert len(list(example_pairs["dpo"].glob("ref-logps-*.pt"))) == 1  # one cache serves both

@@ -37,6 +37,15 @@ class FerrotuneTrainer(transformers.Trainer):
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation as training computes it: the loss (and the metrics ``compute_loss``
+        records, logged with an ``eval_`` prefix). Trainer's own would skip the loss of batches
+        without ``labels`` (reward pairs) and gather every batch's outputs for nothing."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach().mean(), None, None
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss):

@@ -78,7 +78,9 @@ def train(stage: str, config: TrainConfig) -> Path:
     transformers.set_seed(config.seed)
     train_data, manifest = shards_of(config.data, stage)
     check_tokenizer(config.model, manifest)
-    eval_data = shards_of(config.eval_data, stage)[0] if config.eval_data else None
+    eval_data, eval_manifest = (
+        shards_of(config.eval_data, stage) if config.eval_data else (None, None)
+    )
     pad = manifest["tokenizer"].get("pad") or manifest["tokenizer"].get("eos") or {"id": 0}
     if stage == "ppo":
         from ferrotune.train.ppo import train_ppo
@@ -103,7 +105,12 @@ def train(stage: str, config: TrainConfig) -> Path:
         _check_vocabulary(model.get_output_embeddings(), manifest, config)
         if stage == "dpo":
             trainer = _dpo_trainer(
-                _prepared(model, config), config, train_data, manifest, pad["id"], common
+                _prepared(model, config),
+                config,
+                (train_data, manifest),
+                (eval_data, eval_manifest),
+                pad["id"],
+                common,
             )
         else:
             trainer = CausalLMTrainer(
@@ -124,37 +131,40 @@ def train(stage: str, config: TrainConfig) -> Path:
     return out
 
 
-def _dpo_trainer(model, config, train_data, manifest, pad_id, common) -> DpoTrainer:
-    """The reference is ``config.reference`` or a frozen copy of the starting model."""
+def _dpo_trainer(model, config, train, evaluation, pad_id, common) -> DpoTrainer:
+    """The reference is ``config.reference`` or a frozen copy of the starting model; its
+    log-probs are precomputed for the training and the evaluation pairs alike."""
     reference = load_causal_lm(config.reference or config.model, seed=config.seed)
     if not config.precompute_ref_logps:
         return DpoTrainer(
             model=model,
-            train_dataset=train_data,
+            train_dataset=train[0],
             data_collator=DpoCollator(pad_id),
             ref_model=reference,
             **common,
         )
-    cache = Path(config.data)
-    if not os.access(cache, os.W_OK):
-        cache = Path(config.output_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-    logps = reference_logps(
-        reference,
-        train_data,
-        manifest,
-        cache,
-        pad_id=pad_id,
-        batch_size=config.per_device_eval_batch_size,
-        device=config.device,
-    )
-    del reference
-    return DpoTrainer(
-        model=model,
-        train_dataset=WithReferenceLogps(train_data, logps),
-        data_collator=DpoCollator(pad_id),
-        **common,
-    )
+
+    def with_reference(rows, manifest, folder: str, reference) -> WithReferenceLogps:
+        cache = Path(folder)
+        if not os.access(cache, os.W_OK):
+            cache = Path(config.output_dir)
+            cache.mkdir(parents=True, exist_ok=True)
+        logps = reference_logps(
+            reference,
+            rows,
+            manifest,
+            cache,
+            pad_id=pad_id,
+            batch_size=config.per_device_eval_batch_size,
+            device=config.device,
+        )
+        return WithReferenceLogps(rows, logps)
+
+    datasets = {"train_dataset": with_reference(*train, config.data, reference)}
+    if evaluation[0] is not None:
+        datasets["eval_dataset"] = with_reference(*evaluation, config.eval_data, reference)
+    del reference  # the precomputed log-probs stand for it: its memory goes back
+    return DpoTrainer(model=model, data_collator=DpoCollator(pad_id), **{**common, **datasets})
 
 
 def _prepared(model, config: TrainConfig, task: str = "CAUSAL_LM"):
