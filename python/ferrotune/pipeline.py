@@ -6,6 +6,9 @@ next: PT's model starts SFT; SFT's model starts RM and DPO and is PPO's actor an
 model is PPO's reward model and critic. A stage that was not configured or not chosen is bridged
 by the nearest earlier model that exists (else the config's ``model``).
 
+A stage's ``prep: {eval_input: ...}`` is prepped with the same options into ``data/STAGE-eval``
+and evaluated every ``eval_steps``.
+
 Everything lives under ``output_dir``: ``data/STAGE`` (shards), ``models/STAGE`` (HF folders),
 ``report/`` (metrics, curves, ``index.html``) and ``pipeline.json``, the state that makes a rerun
 skip what is done and up to date (same settings, same data, same upstream model), resume a stage
@@ -46,9 +49,11 @@ STAGE_KEYS = ("prep", "train")
 HANDED_ON = {
     "model": "the previous stage's model; the top-level `model` starts the first stage",
     "data": "the stage's `prep:` output",
+    "eval_data": "the stage's `prep: {eval_input: ...}` output",
     "output_dir": "OUTPUT/models/STAGE; set the top-level `output_dir` or --out",
     "resume_from_checkpoint": "a stopped stage resumes from its last checkpoint by itself",
 }
+PREP_INPUTS = ("input", "eval_input")  # the other `prep:` keys are the prep function's options
 INPUT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 STATE_FILE = "pipeline.json"
 
@@ -98,8 +103,10 @@ def load_pipeline(path: str | os.PathLike[str], output: str | None = None) -> Pi
         prep = dict(spec["prep"])
         if "input" not in prep:
             raise ConfigError(f"{where}.prep: `input` (files, folders or globs) is required")
-        inputs = prep["input"] if isinstance(prep["input"], list) else [prep["input"]]
-        prep["input"] = [str(root / str(item)) for item in inputs]
+        for key in ("input", "eval_input"):
+            if key in prep:
+                items = prep[key] if isinstance(prep[key], list) else [prep[key]]
+                prep[key] = [str(root / str(item)) for item in items]
         _check_prep_options(stage, prep, f"{where}.prep")
         train = spec.get("train") or {}
         if not isinstance(train, dict):
@@ -136,7 +143,8 @@ def _check_prep_options(stage: str, prep: dict[str, Any], where: str) -> None:
         names |= {"template", "system", "max_length", "overlong", "same_role", "format",
                   "workers", "skip_bad", "num_shards", "shard_index", "shard_size"}  # fmt: skip
     names -= {"tokenizer", "inputs", "out", "options", "overwrite", "quiet"}
-    _check_keys({k: v for k, v in prep.items() if k != "input"}, ("input", *sorted(names)), where)
+    given = ("input", "eval_input") if stage != "ppo" else ("input",)  # PPO does not evaluate
+    _check_keys({k: v for k, v in prep.items() if k not in given}, (*given, *sorted(names)), where)
 
 
 def _check_train_settings(stage: str, settings: dict[str, Any], where: str) -> None:
@@ -205,10 +213,19 @@ def run_pipeline(pipeline: Pipeline, stages: list[str] | None = None) -> Path:
     report = pipeline.output / "report"
     for stage in chosen:
         started = time.perf_counter()
-        data = _prepare(pipeline, state, stage) if main else pipeline.output / "data" / stage
+        prep = pipeline.stages[stage]["prep"]
+        parts = [("data", stage, "input")]
+        if "eval_input" in prep:
+            parts.append(("eval_data", f"{stage}-eval", "eval_input"))
+        folders = {}
+        for field_name, folder, inputs in parts:
+            out = pipeline.output / "data" / folder
+            folders[field_name] = (
+                _prepare(pipeline, state, stage, prep[inputs], out, field_name) if main else out
+            )
         procs.wait_for_everyone()
         state.reload()  # the others learn what the main process prepped
-        model = _train(pipeline, state, stage, data, procs)
+        model = _train(pipeline, state, stage, folders, procs)
         if main:
             print(f"ferrotune: {stage} done in {time.perf_counter() - started:.1f} s -> {model}")
             write_report(pipeline, state)
@@ -219,39 +236,41 @@ def run_pipeline(pipeline: Pipeline, stages: list[str] | None = None) -> Path:
     return report
 
 
-def _prepare(pipeline: Pipeline, state: State, stage: str) -> Path:
-    """The stage's shards: reused when the manifest still matches, else prepped afresh."""
+def _prepare(
+    pipeline: Pipeline, state: State, stage: str, inputs: list[str], out: Path, field_name: str
+) -> Path:
+    """Shards of ``inputs`` in ``out`` (the stage's training or evaluation data, recorded as
+    ``field_name``): reused when the manifest still matches, else prepped afresh."""
     from ferrotune.data.shards import read_manifest
 
-    prep = dict(pipeline.stages[stage]["prep"])
-    inputs = prep.pop("input")
-    out = pipeline.output / "data" / stage
+    prep = {k: v for k, v in pipeline.stages[stage]["prep"].items() if k not in PREP_INPUTS}
     files = _input_files(inputs)
     tokenizer_file = _tokenizer_file(pipeline.tokenizer)
     key = _digest({"options": prep, "inputs": inputs,
                    "tokenizer_config": _fingerprint(tokenizer_file.parent)})  # fmt: skip
     record = state.get(stage)
-    if (out / "manifest.json").is_file() and record.get("data") == key:
+    what = "data" if field_name == "data" else "eval data"
+    if (out / "manifest.json").is_file() and record.get(field_name) == key:
         manifest = read_manifest(out)
         listed = {str(Path(i["path"]).resolve()): i["sha256"] for i in manifest["inputs"]}
         now = {path: _sha256(Path(path)) for path in files}
         if listed == now and manifest["tokenizer"]["sha256"] == _sha256(tokenizer_file):
-            print(f"ferrotune: {stage} data reused: {out} (manifest matches the inputs)")
+            print(f"ferrotune: {stage} {what} reused: {out} (manifest matches the inputs)")
             return out
     prep_fn = getattr(prep_functions, f"prep_{stage}")
     manifest = prep_fn(pipeline.tokenizer, inputs, out, overwrite=True, quiet=False, **prep)
-    record.clear()  # new data: the stage's model is out of date
-    record["data"] = key
+    record.pop("status", None)  # new data: the stage's model is out of date
+    record[field_name] = key
     state.save()
     counts = manifest["counts"]
     print(
-        f"ferrotune: {stage} data prepped: {manifest['rows']:,} rows from "
+        f"ferrotune: {stage} {what} prepped: {manifest['rows']:,} rows from "
         f"{counts['read']:,} records, {manifest['tokens']['written']:,} tokens -> {out}"
     )
     return out
 
 
-def _train(pipeline: Pipeline, state: State, stage: str, data: Path, procs) -> Path:
+def _train(pipeline: Pipeline, state: State, stage: str, data: dict[str, Path], procs) -> Path:
     """Trains the stage from its upstream model unless an up-to-date model is already there.
 
     Every process takes the same decisions from the same state; the main process alone clears
@@ -262,7 +281,9 @@ def _train(pipeline: Pipeline, state: State, stage: str, data: Path, procs) -> P
     out = pipeline.output / "models" / stage
     start, start_key = _start_model(pipeline, state, stage)
     settings: dict[str, Any] = {**pipeline.train, **pipeline.stages[stage]["train"]}
-    settings.update(model=start, data=str(data), output_dir=str(out))
+    settings.update(model=start, output_dir=str(out), **{k: str(v) for k, v in data.items()})
+    if "eval_data" in data:
+        settings.setdefault("eval_strategy", "steps")  # every logging_steps, as Trainer does
     upstream = {"start": start_key}
     if stage == "ppo" and not settings.get("reward_fn") and not settings.get("reward_model"):
         if state.get("rm").get("status") != "done":
@@ -274,7 +295,7 @@ def _train(pipeline: Pipeline, state: State, stage: str, data: Path, procs) -> P
         settings["reward_model"] = state.get("rm")["model"]
         upstream["reward"] = state.get("rm")["key"]
     record = state.get(stage)
-    key = _digest({"settings": settings, "data": record.get("data"), **upstream})
+    key = _digest({"settings": settings, "data": [record.get(k) for k in sorted(data)], **upstream})
     say = print if procs.is_main_process else _quiet
     if record.get("status") == "done" and record.get("key") == key and out.is_dir():
         say(f"ferrotune: {stage} model reused: {out} (same settings, data and start)")

@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 CURVES: dict[str, list[list[str]]] = {
     "pt": [["loss", "eval_loss"]],
     "sft": [["loss", "eval_loss"]],
-    "rm": [["loss"], ["accuracy"], ["margin"]],
-    "dpo": [["loss"], ["rewards/margins"], ["rewards/accuracies"]],
+    "rm": [["loss", "eval_loss"], ["accuracy", "eval_accuracy"], ["margin"]],
+    "dpo": [
+        ["loss", "eval_loss"],
+        ["rewards/margins"],
+        ["rewards/accuracies", "eval_rewards/accuracies"],
+    ],
     "ppo": [["score"], ["kl"], ["loss/policy", "loss/value"]],
 }
 TITLES = {"pt": "Pretraining", "sft": "Supervised fine-tuning", "rm": "Reward model",
@@ -64,8 +68,11 @@ def write_report(pipeline: Pipeline, state: State) -> Path:
     sections, overview = [], []
     for stage, spec in pipeline.stages.items():
         record = state.stages.get(stage, {})
-        data = pipeline.output / "data" / stage
-        manifest = read_manifest(data) if (data / "manifest.json").is_file() else None
+        manifests = [
+            read_manifest(folder)
+            for folder in (pipeline.output / "data" / name for name in (stage, f"{stage}-eval"))
+            if (folder / "manifest.json").is_file()
+        ]
         model = Path(record.get("model", pipeline.output / "models" / stage))
         history = stage_history(model) if record.get("status") == "done" else []
         image = plot_panels(history, CURVES[stage], out / f"{stage}.png")
@@ -76,7 +83,8 @@ def write_report(pipeline: Pipeline, state: State) -> Path:
             "final": final_metrics(history),
             "history": history,
             "settings": {**pipeline.train, **spec["train"]},
-            "data_manifest": manifest,
+            "data_manifest": manifests[0] if manifests else None,
+            "eval_data_manifest": manifests[1] if len(manifests) > 1 else None,
         }
         (out / f"{stage}.json").write_text(json.dumps(metrics, indent=1, default=str))
         sections.append(_section(stage, metrics, image))
@@ -125,14 +133,14 @@ def _section(stage: str, metrics: dict[str, Any], image: Path | None) -> str:
     )
     parts.append(f"<details><summary>Training settings</summary><table>{settings}</table>"
                  "</details>")  # fmt: skip
-    manifest = metrics["data_manifest"]
-    if manifest is not None:
-        parts.append(_data_summary(manifest))
+    for title, key in (("Data", "data_manifest"), ("Evaluation data", "eval_data_manifest")):
+        if metrics.get(key) is not None:
+            parts.append(_data_summary(title, metrics[key]))
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def _data_summary(manifest: dict[str, Any]) -> str:
+def _data_summary(title: str, manifest: dict[str, Any]) -> str:
     e = html.escape
     counts, tokens, tokenizer = manifest["counts"], manifest["tokens"], manifest["tokenizer"]
     dropped = ", ".join(
@@ -157,7 +165,7 @@ def _data_summary(manifest: dict[str, Any]) -> str:
         for i in manifest["inputs"]
     )
     return (
-        f"<h3>Data ({e(manifest['stage'])})</h3><table>{table}</table>"
+        f"<h3>{e(title)} ({e(manifest['stage'])})</h3><table>{table}</table>"
         f"<details><summary>Inputs</summary><table><tr><th>file</th><th>records</th>"
         f"<th>sha256</th></tr>{inputs}</table></details>"
     )

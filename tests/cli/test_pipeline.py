@@ -44,6 +44,14 @@ def test_the_example_runs_every_stage(example_run):
     for stage in ("pt", "sft"):
         losses = [row["loss"] for row in history(example_run, stage) if "loss" in row]
         assert losses[-1] < losses[0], (stage, losses)
+        held_out = [row["eval_loss"] for row in history(example_run, stage) if "eval_loss" in row]
+        assert len(held_out) == 6 if stage == "pt" else 4, held_out  # every eval_steps = 10
+        manifest = json.loads(
+            (example_run / "data" / f"{stage}-eval" / "manifest.json").read_text()
+        )
+        assert manifest["stage"] == stage and manifest["rows"] > 0
+    pt_eval = [row["eval_loss"] for row in history(example_run, "pt") if "eval_loss" in row]
+    assert pt_eval[-1] < pt_eval[0]  # held-out articles: the model learned more than the notes
     dpo = [row["loss"] for row in history(example_run, "dpo") if "loss" in row]
     assert dpo[0] == pytest.approx(math.log(2), abs=1e-3)  # starts from SFT, its own reference
     assert any("accuracy" in row for row in history(example_run, "rm"))
@@ -51,7 +59,7 @@ def test_the_example_runs_every_stage(example_run):
     assert len(ppo) == 20 and all(math.isfinite(row["score"]) for row in ppo)
     assert (example_run / "models" / "ppo" / "critic" / "config.json").is_file()
     page = (example_run / "report" / "index.html").read_text()
-    assert "pipeline.yaml" in page and "Reward model" in page
+    assert "pipeline.yaml" in page and "Reward model" in page and "Evaluation data" in page
 
 
 def test_a_second_run_reuses_data_and_models(example_run, capsys):
@@ -61,6 +69,7 @@ def test_a_second_run_reuses_data_and_models(example_run, capsys):
     out = capsys.readouterr().out
     for stage in STAGES:
         assert f"{stage} data reused" in out and f"{stage} model reused" in out, out
+    assert "pt eval data reused" in out and "sft eval data reused" in out
     assert stamps and stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
 
@@ -167,6 +176,10 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsy
         (("block_size", "block_sise"), "unknown key 'block_sise'; did you mean 'block_size'?"),
         (("use_cpu: true", "use_cpu: true, fp16: true"), "fp16=True: this machine has no CUDA"),
         (("max_steps: 2,", "max_steps: 2, model: x,"), "'model' is set by the pipeline"),
+        (
+            ("max_prompt_length: 96", "max_prompt_length: 96, eval_input: x"),
+            "ppo.prep: unknown key 'eval_input'",
+        ),
     ],
 )
 def test_mistakes_are_named_before_anything_runs(edit, message, tmp_path, capsys):
