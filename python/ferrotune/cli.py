@@ -251,6 +251,13 @@ def _add_prep_chat(prep: Any, stage: str) -> None:
             default=1024,
             help="prompt tokens kept (its end) at most",
         )
+    if stage == "rm":
+        parser.add_argument(
+            "--margin-field",
+            metavar="NAME",
+            help="write each record's number NAME to a `margin` column (the reward loss "
+            "subtracts it, as TRL's RewardTrainer)",
+        )
     parser.set_defaults(run=_run_prep_chat, stage=stage)
 
 
@@ -259,6 +266,7 @@ def _run_prep_chat(args: argparse.Namespace) -> int:
 
     names = ["template", "system", "max_length", "overlong", "same_role", "format"]
     names += ["learn", "pack"] if args.stage == "sft" else ["max_prompt_length"]
+    names += ["margin_field"] if args.stage == "rm" else []
     options = {name: getattr(args, name) for name in names}
     function = getattr(prep, f"prep_{args.stage}")
     manifest = function(args.tokenizer, args.input, args.out, **options, **_common_kwargs(args))

@@ -214,3 +214,106 @@ def test_identical_bytes_for_any_worker_count(qwen_tokenizer, reward_files, tmp_
         for w in (1, 2)
     ]  # fmt: skip
     assert digests[0] == digests[1]
+
+
+MARGIN_PAIRS = [
+    {"conversations": [{"from": "human", "value": "Is rain good for gardens?"}],
+     "chosen": "Yes: most plants need regular water.", "rejected": "No.", "score_gap": 2.5},
+    {"prompt": "Why knead dough?", "chosen": "Kneading lines up the gluten.",
+     "rejected": "To tire your arms.", "score_gap": -1},
+]  # fmt: skip
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def test_rm_margin_field_becomes_a_float_column(tmp_path):
+    """The numbers land in a float32 ``margin`` column that datasets reads and the RM collator
+    passes on; every other column is what prep rm writes without it."""
+    import datasets
+
+    from ferrotune.train.reward import PairCollator
+
+    tokenizer = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
+    source = write_jsonl(tmp_path / "pairs.jsonl", MARGIN_PAIRS)
+    manifest = prep_rm(tokenizer, source, tmp_path / "with", margin_field="score_gap")
+    prep_rm(tokenizer, source, tmp_path / "without")
+    assert manifest["options"]["margin_field"] == "score_gap"
+    with_margin, plain = read_rows(tmp_path / "with"), read_rows(tmp_path / "without")
+    assert [row.pop("margin") for row in with_margin] == [2.5, -1.0]
+    assert with_margin == plain
+    loaded = datasets.load_from_disk(str(tmp_path / "with"))
+    assert loaded.features["margin"].dtype == "float32"
+    batch = PairCollator(0)([loaded.with_format("torch")[i] for i in range(2)])
+    assert batch["margin"].tolist() == [2.5, -1.0]
+
+
+@pytest.mark.parametrize(
+    "value, reason", [(None, "missing_field"), ("2.5", "wrong_type"), ([1], "wrong_type")]
+)
+def test_rm_margin_field_must_be_a_number(value, reason, tmp_path):
+    tokenizer = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
+    records = [dict(r) for r in MARGIN_PAIRS]
+    if value is None:
+        del records[1]["score_gap"]
+    else:
+        records[1]["score_gap"] = value
+    source = write_jsonl(tmp_path / "pairs.jsonl", records)
+    with pytest.raises(DataError) as caught:
+        prep_rm(tokenizer, source, tmp_path / "out", margin_field="score_gap")
+    assert (caught.value.line, caught.value.field, caught.value.reason) == (2, "score_gap", reason)
+    assert str(source) in str(caught.value) and "--margin-field" in str(caught.value)
+    manifest = prep_rm(tokenizer, source, tmp_path / "skip", margin_field="score_gap",
+                       skip_bad=True)  # fmt: skip
+    assert manifest["counts"]["rejected_by_reason"] == {reason: 1}
+    assert [row["margin"] for row in read_rows(tmp_path / "skip")] == [2.5]
+
+
+def test_margin_field_is_rms_only(tmp_path):
+    from ferrotune.errors import ConfigError
+
+    tokenizer = Path(__file__).resolve().parents[2] / "examples" / "tokenizer"
+    source = write_jsonl(tmp_path / "pairs.jsonl", MARGIN_PAIRS)
+    with pytest.raises(ConfigError, match="only `prep rm` writes a margin column"):
+        prep_dpo(tokenizer, source, tmp_path / "out", margin_field="score_gap")
+
+
+def test_cli_margin_field_feeds_the_reward_trainer(tmp_path):
+    """`prep rm --margin-field` then `train rm`: the loss on the first step is the margin loss."""
+    from ferrotune.cli import main
+
+    repo = Path(__file__).resolve().parents[2] / "examples"
+    source = write_jsonl(tmp_path / "pairs.jsonl", MARGIN_PAIRS)
+    assert (
+        main(
+            [
+                "prep",
+                "rm",
+                "--tokenizer",
+                str(repo / "tokenizer"),
+                "--input",
+                str(source),
+                "--out",
+                str(tmp_path / "rm"),
+                "--margin-field",
+                "score_gap",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    columns = [
+        c["name"] for c in json.loads((tmp_path / "rm/manifest.json").read_text())["columns"]
+    ]
+    assert columns[-1] == "margin"
+    assert main(["train", "rm", "--model", str(repo / "model" / "config.json"), "--data",
+                 str(tmp_path / "rm"), "--output-dir", str(tmp_path / "model"), "max_steps=1",
+                 "per_device_train_batch_size=2", "use_cpu=true", "save_strategy=no",
+                 "report_to=none", "disable_tqdm=true"]) == 0  # fmt: skip
+    state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
+    first = next(row for row in state["log_history"] if "loss" in row)
+    # A new score head scores near 0: the loss is near the mean of -log sigmoid(-margin).
+    want = sum(float(torch.nn.functional.softplus(torch.tensor(m))) for m in (2.5, -1.0)) / 2
+    assert first["loss"] == pytest.approx(want, abs=0.05)

@@ -138,6 +138,7 @@ def prep_rm(
     out: PathLike,
     *,
     max_prompt_length: int = 1024,
+    margin_field: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Preference pairs for reward modelling: ``input_ids_chosen``, ``attention_mask_chosen``,
@@ -147,10 +148,12 @@ def prep_rm(
     ``question``/``response_chosen``/``response_rejected`` layout) and TRL preference records.
     The prompt is rendered once with the generation prompt and shared by both answers; it keeps
     its end within ``max_prompt_length``, answers keep their start within ``max_length``.
-    Identical answers are dropped and counted. Other keywords: the conversation-stage options
-    of this module's docstring.
+    Identical answers are dropped and counted. ``margin_field``: each record's number of that
+    name goes to a float32 ``margin`` column, subtracted in the reward loss (TRL's
+    ``RewardTrainer``); a record without one is a bad record naming the field. Other keywords:
+    the conversation-stage options of this module's docstring.
     """
-    options["max_prompt_length"] = max_prompt_length
+    options.update(max_prompt_length=max_prompt_length, margin_field=margin_field)
     return _prep_chat("rm", tokenizer, inputs, out, options)
 
 

@@ -58,7 +58,8 @@ impl Overlong {
 }
 
 /// The options of the conversation stages, as the CLI and Python spell them. Each stage reads
-/// the ones it uses; `pack` and `learn` are SFT's, `max_prompt_length` is RM/DPO/PPO's.
+/// the ones it uses; `pack` and `learn` are SFT's, `max_prompt_length` is RM/DPO/PPO's,
+/// `margin_field` RM's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawOptions {
@@ -69,6 +70,7 @@ struct RawOptions {
     system: Option<String>,
     max_length: usize,
     max_prompt_length: usize,
+    margin_field: Option<String>,
     overlong: String,
     learn: String,
     same_role: String,
@@ -93,6 +95,7 @@ impl Default for RawOptions {
             system: None,
             max_length: 2048,
             max_prompt_length: 1024,
+            margin_field: None,
             overlong: "truncate".into(),
             learn: "all".into(),
             same_role: "reject".into(),
@@ -121,6 +124,8 @@ pub struct ChatOptions {
     pub system: Option<String>,
     pub max_length: usize,
     pub max_prompt_length: usize,
+    /// RM: the numeric record field written to a `margin` column (TRL's RewardTrainer reads it).
+    pub margin_field: Option<String>,
     pub overlong: Overlong,
     pub learn: Learn,
     pub same_role: SameRole,
@@ -187,6 +192,7 @@ impl ChatOptions {
             system: raw.system,
             max_length: raw.max_length,
             max_prompt_length: raw.max_prompt_length,
+            margin_field: raw.margin_field,
             pack: raw.pack,
             workers: raw.workers,
             skip_bad: raw.skip_bad,

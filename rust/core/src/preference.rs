@@ -10,6 +10,10 @@
 //! Lengths: the prompt keeps its end (`--max-prompt-length`), answers keep their start (the rest
 //! of `--max-length`); with `--overlong drop` such pairs are dropped instead. Pairs whose answers
 //! are identical are dropped (`identical_pair`): they carry no preference.
+//!
+//! RM with `--margin-field NAME`: each record's number `NAME` goes to a `margin` column, which the
+//! reward loss subtracts (−log σ(r_chosen − r_rejected − margin), as TRL's RewardTrainer); a
+//! record without it, or with a non-number, is a bad record naming the field.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -17,10 +21,10 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{json, Value};
 
 use crate::chat_prep::{
-    json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong,
+    json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong, RecordAt,
 };
 use crate::conversation::{self, Layout};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, RecordError, Result};
 use crate::manifest::Manifest;
 use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
@@ -52,10 +56,18 @@ pub struct PairRow {
     answer_truncated: bool,
     /// The prompt alone tokenized differently from the start of the full rendering.
     prefix_mismatch: bool,
+    /// RM's margin, read from `--margin-field`.
+    margin: Option<f32>,
 }
 
 /// Runs `prep rm` or `prep dpo` and returns the manifest it wrote.
 pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
+    if kind == Kind::Dpo && options.margin_field.is_some() {
+        return Err(CoreError::config(
+            "margin-field",
+            "only `prep rm` writes a margin column",
+        ));
+    }
     let run = ChatRun::open(options)?;
     let stage = PairStage {
         tokenizer: &run.tokenizer,
@@ -63,7 +75,15 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
         render: &run.render,
         options,
     };
+    let with_margin = options.margin_field.is_some();
     let columns: &[(&str, Item)] = match kind {
+        Kind::Rm if with_margin => &[
+            ("input_ids_chosen", Item::Int32),
+            ("attention_mask_chosen", Item::Int8),
+            ("input_ids_rejected", Item::Int32),
+            ("attention_mask_rejected", Item::Int8),
+            ("margin", Item::Float32),
+        ],
         Kind::Rm => &[
             ("input_ids_chosen", Item::Int32),
             ("attention_mask_chosen", Item::Int8),
@@ -99,12 +119,16 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
             let (chosen, rejected) = (full(&pair.chosen), full(&pair.rejected));
             let ones = |ids: &[i32]| vec![1; ids.len()];
             match kind {
-                Kind::Rm => batcher.push(&[
-                    Cell::Ints(&chosen),
-                    Cell::Ints(&ones(&chosen)),
-                    Cell::Ints(&rejected),
-                    Cell::Ints(&ones(&rejected)),
-                ])?,
+                Kind::Rm => {
+                    let cells = [
+                        Cell::Ints(&chosen),
+                        Cell::Ints(&ones(&chosen)),
+                        Cell::Ints(&rejected),
+                        Cell::Ints(&ones(&rejected)),
+                        Cell::Float(pair.margin.unwrap_or(0.0)),
+                    ];
+                    batcher.push(&cells[..if with_margin { 5 } else { 4 }])?
+                }
                 Kind::Dpo => {
                     let labels = |answer: &[i32]| {
                         let mut labels = vec![-100; pair.prompt.len()];
@@ -128,7 +152,10 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
     )?;
     let written = pending.close()?;
     let pairs = written.totals.counts.written;
-    let stage_options = json!({"max_prompt_length": options.max_prompt_length});
+    let stage_options = json!({
+        "max_prompt_length": options.max_prompt_length,
+        "margin_field": options.margin_field,
+    });
     let tokens = json!({
         "prompt": totals[0],
         "chosen": totals[1],
@@ -178,6 +205,29 @@ struct PairStage<'a> {
 }
 
 impl PairStage<'_> {
+    /// The record's `--margin-field` value: a finite number, or a bad record naming the field.
+    fn margin(&self, record: &RecordAt) -> std::result::Result<Option<f32>, RecordError> {
+        let Some(name) = &self.options.margin_field else {
+            return Ok(None);
+        };
+        let field = Some(name.clone());
+        match record.map.get(name) {
+            Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
+                Ok(n.as_f64().map(|v| v as f32))
+            }
+            Some(_) => Err(record.problem(
+                "wrong_type",
+                field,
+                format!("`{name}` (--margin-field) must be a number"),
+            )),
+            None => Err(record.problem(
+                "missing_field",
+                field,
+                format!("no `{name}` (--margin-field) in this record"),
+            )),
+        }
+    }
+
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer
             .encode_with_offsets(text)
@@ -205,6 +255,10 @@ impl Stage for PairStage<'_> {
         let mut pair = match conversation::preference(&record.map, layout, self.options.same_role) {
             Ok(pair) => pair,
             Err(p) => return Ok(Outcome::Bad(problem(p.reason, p.field, p.message))),
+        };
+        let margin = match self.margin(&record) {
+            Ok(margin) => margin,
+            Err(e) => return Ok(Outcome::Bad(e)),
         };
         if pair.chosen == pair.rejected {
             let message = "chosen and rejected are identical".to_string();
@@ -250,6 +304,7 @@ impl Stage for PairStage<'_> {
             prompt_truncated: false,
             answer_truncated: false,
             prefix_mismatch: shared < prompt_ids.len(),
+            margin,
         };
         if row.chosen.is_empty() || row.rejected.is_empty() {
             let message = "an answer renders to no tokens".to_string();

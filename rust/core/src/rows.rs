@@ -2,11 +2,14 @@
 //!
 //! Every list column is held as `i32` while a batch fills (ids, labels, masks alike) and written
 //! as `List<int32>` or `List<int8>` (masks) when the batch is flushed to the [`ShardWriter`];
-//! text columns (PPO's query and reference answer) are nullable strings.
+//! text columns (PPO's query and reference answer) are nullable strings, float columns (RM's
+//! margin) plain `float32`.
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Int32Array, Int8Array, ListArray, RecordBatch, StringArray};
+use arrow_array::{
+    ArrayRef, Float32Array, Int32Array, Int8Array, ListArray, RecordBatch, StringArray,
+};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
@@ -14,12 +17,13 @@ use crate::error::{CoreError, Result};
 use crate::manifest::Column;
 use crate::shard::{ShardInfo, ShardWriter};
 
-/// The Arrow type of a column: a list of int32 or int8, or a string.
+/// The Arrow type of a column: a list of int32 or int8, a string, or a float32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
     Int32,
     Int8,
     Text,
+    Float32,
 }
 
 /// One cell of a row.
@@ -27,6 +31,7 @@ pub enum Item {
 pub enum Cell<'a> {
     Ints(&'a [i32]),
     Text(Option<&'a str>),
+    Float(f32),
 }
 
 /// A schema of list columns. Item fields are named `item` and nullable, as pyarrow's defaults.
@@ -43,6 +48,7 @@ fn list_type(item: Item) -> DataType {
         Item::Int32 => DataType::Int32,
         Item::Int8 => DataType::Int8,
         Item::Text => return DataType::Utf8,
+        Item::Float32 => return DataType::Float32,
     };
     DataType::List(Arc::new(Field::new("item", item, true)))
 }
@@ -66,6 +72,7 @@ pub struct RowBatcher {
     values: Vec<Vec<i32>>,
     offsets: Vec<Vec<i32>>,
     texts: Vec<Vec<Option<String>>>,
+    floats: Vec<Vec<f32>>,
     batch_rows: usize,
     pending: usize,
     writer: ShardWriter,
@@ -86,6 +93,7 @@ impl RowBatcher {
             values: vec![Vec::new(); columns],
             offsets: vec![vec![0]; columns],
             texts: vec![Vec::new(); columns],
+            floats: vec![Vec::new(); columns],
             batch_rows: batch_rows.max(1),
             pending: 0,
             writer,
@@ -104,6 +112,7 @@ impl RowBatcher {
                     self.offsets[column].push(end);
                 }
                 Cell::Text(text) => self.texts[column].push(text.map(str::to_string)),
+                Cell::Float(value) => self.floats[column].push(*value),
             }
         }
         self.pending += 1;
@@ -125,6 +134,11 @@ impl RowBatcher {
                 arrays.push(Arc::new(StringArray::from(texts)));
                 continue;
             }
+            if *item == Item::Float32 {
+                let floats = std::mem::take(&mut self.floats[column]);
+                arrays.push(Arc::new(Float32Array::from(floats)));
+                continue;
+            }
             let values = std::mem::take(&mut self.values[column]);
             let offsets = std::mem::replace(&mut self.offsets[column], vec![0]);
             let values: ArrayRef = match item {
@@ -132,7 +146,7 @@ impl RowBatcher {
                 Item::Int8 => {
                     Arc::new(Int8Array::from_iter_values(values.iter().map(|&v| v as i8)))
                 }
-                Item::Text => unreachable!("text columns are built above"),
+                Item::Text | Item::Float32 => unreachable!("built above"),
             };
             let field = Arc::new(Field::new("item", values.data_type().clone(), true));
             let offsets = OffsetBuffer::new(offsets.into());
