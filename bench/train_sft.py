@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import platform
@@ -64,6 +63,8 @@ from prep_pt import (
     run_measured,
     version,
 )
+
+from ferrotune.bench.prep_sft import trl_template
 
 CONTENDERS = ("ferrotune", "trl")
 SFT_DIR = REPO.parent / "shared" / "data" / "medicalgpt" / "sft"
@@ -116,17 +117,6 @@ class Result:
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def trl_template() -> Path:
-    """TRL's ``chat_templates/qwen3_training.jinja`` (located; trl is not imported here)."""
-    spec = importlib.util.find_spec("trl")
-    if spec is None or not spec.submodule_search_locations:
-        raise BenchError("trl is not installed: pip install trl")
-    path = Path(spec.submodule_search_locations[0]) / "chat_templates" / "qwen3_training.jinja"
-    if not path.is_file():
-        raise BenchError(f"this trl has no {path.name}")
-    return path
 
 
 def tiny_model(seed: int) -> Path:
