@@ -8,6 +8,7 @@ Tests that need them skip, saying why, only where that folder is absent.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -92,3 +93,16 @@ def torchrun() -> Callable[..., None]:
         assert done.returncode == 0, done.stderr[-3000:]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 Qwen2 config with the real Qwen vocabulary (tied embeddings): as
+    ``--model``, a random-initialised model for data prepped with the Qwen tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-qwen") / "config.json"
+    path.write_text(json.dumps({
+        "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "tie_word_embeddings": True,
+    }))  # fmt: skip
+    return path

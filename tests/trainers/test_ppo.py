@@ -158,15 +158,11 @@ def test_reference_overlap_reward():
     assert scores[1:] == [0.0, 0.0]
 
 
-def test_cli_runs_ppo_on_medicalgpt_prompts(qwen_tokenizer, medicalgpt, tmp_path):
+def test_cli_runs_ppo_on_medicalgpt_prompts(qwen_tokenizer, medicalgpt, tiny_config, tmp_path):
     lines = (medicalgpt / "sft" / "medical_sft_1K_format.jsonl").read_text().splitlines()[:4]
     (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
     prep_ppo(qwen_tokenizer, tmp_path / "q.jsonl", tmp_path / "ppo", max_prompt_length=64)
-    tiny = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 32,
-            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
-    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
-    code = main(["train", "ppo", "--model", str(tmp_path / "tiny.json"), "--data",
+    code = main(["train", "ppo", "--model", str(tiny_config), "--data",
                  str(tmp_path / "ppo"), "--output-dir", str(tmp_path / "out"), "max_steps=2",
                  "per_device_train_batch_size=2", "response_length=6", "use_cpu=true",
                  "reward_fn=ferrotune.train.rewards:reference_overlap",
@@ -183,7 +179,8 @@ def test_cli_runs_ppo_on_medicalgpt_prompts(qwen_tokenizer, medicalgpt, tmp_path
         assert [e.value for e in logged] == pytest.approx([row[name] for row in history]), name
 
 
-def test_cli_chain_pt_sft_rm_ppo_on_medicalgpt(qwen_tokenizer, medicalgpt, tmp_path):
+def test_cli_chain_pt_sft_rm_ppo_on_medicalgpt(qwen_tokenizer, medicalgpt, tiny_config,
+                                               tmp_path):  # fmt: skip
     """Each stage's saved model is the next one's input: PT → SFT → RM → PPO (actor and
     reference from SFT, reward model and critic from RM), all from the command line."""
     from ferrotune.data import prep_pt, prep_rm, prep_sft
@@ -199,13 +196,9 @@ def test_cli_chain_pt_sft_rm_ppo_on_medicalgpt(qwen_tokenizer, medicalgpt, tmp_p
     prep_sft(qwen_tokenizer, tmp_path / "sft.jsonl", tmp_path / "sft-data", max_length=128)
     prep_rm(qwen_tokenizer, tmp_path / "pairs.jsonl", tmp_path / "rm-data", max_length=128)
     prep_ppo(qwen_tokenizer, tmp_path / "sft.jsonl", tmp_path / "ppo-data", max_prompt_length=64)
-    tiny = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 32,
-            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
-    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
     quiet = ["max_steps=2", "per_device_train_batch_size=2", "use_cpu=true", "disable_tqdm=true",
              "save_strategy=no"]  # fmt: skip
-    model = str(tmp_path / "tiny.json")
+    model = str(tiny_config)
     for stage, source in [("pt", model), ("sft", "pt"), ("rm", "sft")]:
         source = source if source == model else str(tmp_path / source)
         assert main(["train", stage, "--model", source, "--data", str(tmp_path / f"{stage}-data"),

@@ -12,28 +12,17 @@ import torch
 from ferrotune.cli import main
 from ferrotune.data import prep_sft
 
-TINY_QWEN = {
-    "model_type": "qwen2",
-    "vocab_size": 151936,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "tie_word_embeddings": True,
-}
 COMMON = ["use_cpu=true", "disable_tqdm=true", "learning_rate=5e-3", "logging_steps=1"]
 
 
 @pytest.fixture(scope="module")
-def sft_data(qwen_tokenizer, medicalgpt, tmp_path_factory) -> dict[str, Path]:
+def sft_data(qwen_tokenizer, medicalgpt, tiny_config, tmp_path_factory) -> dict[str, Path]:
     """Eight real conversations of different lengths: ranks see different token counts."""
     root = tmp_path_factory.mktemp("scale")
     lines = (medicalgpt / "sft" / "medical_sft_1K_format.jsonl").read_text().splitlines()[:8]
     (root / "few.jsonl").write_text("\n".join(lines) + "\n")
     prep_sft(qwen_tokenizer, root / "few.jsonl", root / "shards", max_length=160)
-    (root / "tiny.json").write_text(json.dumps(TINY_QWEN))
-    return {"data": root / "shards", "model": root / "tiny.json"}
+    return {"data": root / "shards", "model": tiny_config}
 
 
 def losses(out: Path) -> dict[int, float]:

@@ -15,16 +15,6 @@ from ferrotune.cli import main
 from ferrotune.data import prep_pt, prep_sft
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_QWEN = {
-    "model_type": "qwen2",
-    "vocab_size": 151936,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "tie_word_embeddings": True,
-}
 QUIET = ["use_cpu=true", "disable_tqdm=true", "save_strategy=no"]
 
 
@@ -36,13 +26,6 @@ def sft_few(qwen_tokenizer, medicalgpt, tmp_path_factory) -> Path:
     (root / "few.jsonl").write_text("\n".join(lines) + "\n")
     prep_sft(qwen_tokenizer, root / "few.jsonl", root / "shards", max_length=256)
     return root / "shards"
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "config.json"
-    path.write_text(json.dumps(TINY_QWEN))
-    return path
 
 
 def logged_losses(out: Path) -> list[float]:
@@ -131,7 +114,7 @@ def test_lora_trains_adapters_and_saves_a_merged_model(sft_few, tiny_config, tmp
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     merged = transformers.AutoModelForCausalLM.from_pretrained(out)  # a plain model
     base = transformers.AutoModelForCausalLM.from_config(
-        transformers.AutoConfig.for_model(**{k: v for k, v in TINY_QWEN.items()})
+        transformers.AutoConfig.for_model(**json.loads(tiny_config.read_text()))
     )
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert merged.model.layers[0].self_attn.q_proj.weight.shape == (
@@ -196,11 +179,11 @@ def test_gpu_only_settings_on_a_cpu_machine(setting, message, sft_few, tiny_conf
     assert message in capsys.readouterr().err
 
 
-def test_a_model_with_another_tokenizer_is_named(sft_few, tmp_path, capsys):
+def test_a_model_with_another_tokenizer_is_named(sft_few, tiny_config, tmp_path, capsys):
     """The data was prepped with the Qwen tokenizer; a model folder shipping the examples'
     tokenizer (as every stage's output does) must not train on it."""
     model = tmp_path / "model"
-    config = transformers.AutoConfig.for_model(**TINY_QWEN)
+    config = transformers.AutoConfig.for_model(**json.loads(tiny_config.read_text()))
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model)
     (model / "tokenizer.json").write_bytes(
         (REPO / "examples/tokenizer/tokenizer.json").read_bytes()
