@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrotune import data as prep_functions
+from ferrotune.data.prep import CHAT_OPTIONS
 from ferrotune.errors import ConfigError, did_you_mean
 
 STAGES = ("pt", "sft", "rm", "dpo", "ppo")
@@ -139,9 +140,8 @@ def _check_keys(values: dict, allowed: tuple[str, ...], where: str) -> None:
 def _check_prep_options(stage: str, prep: dict[str, Any], where: str) -> None:
     """Options ``prep_STAGE`` does not take are refused here, before any stage runs."""
     names = set(pyinspect.signature(getattr(prep_functions, f"prep_{stage}")).parameters)
-    if stage != "pt":  # the conversation stages' shared options (prep.py's docstring)
-        names |= {"template", "system", "max_length", "overlong", "same_role", "format",
-                  "workers", "skip_bad", "num_shards", "shard_index", "shard_size"}  # fmt: skip
+    if stage != "pt":
+        names |= set(CHAT_OPTIONS)
     names -= {"tokenizer", "inputs", "out", "options", "overwrite", "quiet"}
     given = ("input", "eval_input") if stage != "ppo" else ("input",)  # PPO does not evaluate
     _check_keys({k: v for k, v in prep.items() if k not in given}, (*given, *sorted(names)), where)

@@ -21,6 +21,10 @@ from typing import Any, Literal
 from ferrotune import _native
 
 PathLike = str | os.PathLike[str]
+# The keyword options every conversation stage takes besides its own (this module's docstring).
+CHAT_OPTIONS = ("template", "system", "max_length", "overlong", "same_role", "format",
+                "workers", "skip_bad", "overwrite", "quiet", "num_shards", "shard_index",
+                "shard_size")  # fmt: skip
 
 
 def _as_list(inputs: PathLike | Sequence[PathLike]) -> list[str]:
