@@ -346,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.run(args)
+        code = args.run(args)
+        _close_process_group()
+        return code
     except KeyboardInterrupt:
         print("ferrotune: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -355,6 +357,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ferrotune: error: {error}", file=sys.stderr)
         return 1
+
+
+def _close_process_group() -> None:
+    """Under torchrun, leave the process group in order after a run that succeeded: wait for
+    every process, then destroy it, rather than let interpreter exit tear down gloo's threads
+    while a peer still talks (an occasional abort, seen in CI)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available():
+        return
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":  # `python -m ferrotune.cli`, as torchrun launches it
