@@ -1,13 +1,11 @@
-//! What every conversation stage (`prep sft|rm|dpo|ppo`) shares: the options, opening the
-//! tokenizer, template, inputs and output folder, running the pipeline into list-column shards,
-//! and writing the manifest.
+//! What every conversation stage (`prep sft|rm|dpo|ppo`) shares beyond the common [`StageRun`]:
+//! the options, the chat template, list-column shards, and record helpers.
 //!
 //! Options arrive as one JSON object (from the CLI or the Python API) so each stage's options
 //! live in one place and unknown keys are refused by name.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use arrow_schema::SchemaRef;
 use serde::Deserialize;
@@ -15,16 +13,16 @@ use serde_json::{json, Map, Value};
 
 use crate::chat::{self, TemplateInfo};
 use crate::conversation::{Layout, SameRole};
+use crate::encoder::EngineChoice;
 use crate::error::{CoreError, RecordError, Result};
-use crate::input::{resolve_inputs, Format, InputFile};
-use crate::manifest::{input_entries, Manifest, FORMAT_VERSION};
+use crate::input::Format;
+use crate::manifest::Manifest;
 use crate::mask::Learn;
-use crate::output::{publish, Staging};
-use crate::pipeline::{self, EmptyPolicy, Outcome, Policy, Rejects, Source, Stage, Totals};
-use crate::progress::Progress;
+use crate::pipeline::{EmptyPolicy, Outcome, Stage};
 use crate::reader::{Body, DocSep, RawRecord, ReadOptions};
 use crate::rows::{self, Item, RowBatcher};
-use crate::shard::{parse_size, ShardWriter};
+use crate::run::{CommonOptions, Ran, StageReport, StageRun, Written};
+use crate::shard::parse_size;
 use crate::template::{ChatTemplate, RenderOptions};
 use crate::tokenizer::LoadedTokenizer;
 
@@ -83,6 +81,7 @@ struct RawOptions {
     num_shards: usize,
     shard_index: usize,
     shard_size: String,
+    engine: String,
 }
 
 impl Default for RawOptions {
@@ -108,6 +107,7 @@ impl Default for RawOptions {
             num_shards: 1,
             shard_index: 0,
             shard_size: "500MB".into(),
+            engine: "auto".into(),
         }
     }
 }
@@ -115,9 +115,7 @@ impl Default for RawOptions {
 /// Options of a conversation stage, checked.
 #[derive(Debug, Clone)]
 pub struct ChatOptions {
-    pub tokenizer: PathBuf,
-    pub inputs: Vec<String>,
-    pub out: PathBuf,
+    pub common: CommonOptions,
     /// `auto` (the tokenizer's own), a built-in name, or a `.jinja` file.
     pub template: String,
     /// A system prompt for conversations that have none.
@@ -132,13 +130,6 @@ pub struct ChatOptions {
     /// Force one record layout instead of detecting it per record.
     pub layout: Option<Layout>,
     pub pack: bool,
-    pub workers: usize,
-    pub skip_bad: bool,
-    pub overwrite: bool,
-    pub quiet: bool,
-    pub num_shards: usize,
-    pub shard_index: usize,
-    pub shard_size: u64,
 }
 
 impl ChatOptions {
@@ -178,32 +169,36 @@ impl ChatOptions {
         if raw.max_prompt_length == 0 {
             return Err(CoreError::config("max-prompt-length", "must be at least 1"));
         }
-        pipeline::check_sharding(raw.num_shards, raw.shard_index)?;
-        Ok(ChatOptions {
-            overlong: Overlong::parse(&raw.overlong)?,
-            learn: Learn::parse(&raw.learn)?,
-            same_role: SameRole::parse(&raw.same_role)?,
-            layout: Layout::parse_option(&raw.format)?,
-            shard_size: parse_size(&raw.shard_size)?,
+        let common = CommonOptions {
             tokenizer: raw.tokenizer,
             inputs: raw.inputs,
             out: raw.out,
-            template: raw.template,
-            system: raw.system,
-            max_length: raw.max_length,
-            max_prompt_length: raw.max_prompt_length,
-            margin_field: raw.margin_field,
-            pack: raw.pack,
             workers: raw.workers,
             skip_bad: raw.skip_bad,
             overwrite: raw.overwrite,
             quiet: raw.quiet,
             num_shards: raw.num_shards,
             shard_index: raw.shard_index,
+            shard_size: parse_size(&raw.shard_size)?,
+            engine: EngineChoice::parse(&raw.engine)?,
+        };
+        common.validate()?;
+        Ok(ChatOptions {
+            common,
+            overlong: Overlong::parse(&raw.overlong)?,
+            learn: Learn::parse(&raw.learn)?,
+            same_role: SameRole::parse(&raw.same_role)?,
+            layout: Layout::parse_option(&raw.format)?,
+            template: raw.template,
+            system: raw.system,
+            max_length: raw.max_length,
+            max_prompt_length: raw.max_prompt_length,
+            margin_field: raw.margin_field,
+            pack: raw.pack,
         })
     }
 
-    /// The options every conversation stage records in its manifest.
+    /// The options every conversation stage records in its manifest (besides the common ones).
     fn to_json(&self) -> Map<String, Value> {
         let value = json!({
             "template": self.template,
@@ -212,11 +207,6 @@ impl ChatOptions {
             "overlong": self.overlong.name(),
             "same_role": self.same_role.name(),
             "format": self.layout.map_or("auto", Layout::name),
-            "skip_bad": self.skip_bad,
-            "num_shards": self.num_shards,
-            "shard_index": self.shard_index,
-            "shard_size": self.shard_size,
-            "workers": pipeline::resolve_workers(self.workers),
         });
         match value {
             Value::Object(map) => map,
@@ -225,164 +215,110 @@ impl ChatOptions {
     }
 }
 
-/// A conversation stage's run: the tokenizer, template and inputs opened, the output staged.
+/// A conversation stage's run: a [`StageRun`] with the chat template resolved.
 pub struct ChatRun {
-    pub tokenizer: LoadedTokenizer,
+    run: StageRun,
     pub template: ChatTemplate,
     pub template_info: TemplateInfo,
     /// Special tokens for the template, as transformers passes them.
     pub render: RenderOptions,
-    files: Vec<InputFile>,
-    staging: Staging,
-    started: Instant,
 }
 
 /// What [`ChatRun::run`] left open: the batcher (a stage may still add rows, e.g. a packing
-/// window) and the rejects file. [`Pending::close`] finishes both.
+/// window). [`Pending::close`] finishes it.
 pub struct Pending {
-    pub totals: Totals,
+    pub ran: Ran,
     pub batcher: RowBatcher,
-    rejects: Rejects,
     schema: SchemaRef,
 }
 
 impl Pending {
-    pub fn close(self) -> Result<Written> {
+    pub fn close(self) -> Result<(Ran, Written)> {
         let (shards, rows) = self.batcher.finish()?;
-        Ok(Written {
-            totals: self.totals,
-            shards,
-            rows,
-            rejects_file: self.rejects.finish()?,
+        let written = Written {
             schema: self.schema,
-        })
+            rows,
+            shards,
+        };
+        Ok((self.ran, written))
     }
 }
 
-/// What a run wrote, for the manifest.
-pub struct Written {
-    pub totals: Totals,
-    pub shards: Vec<crate::shard::ShardInfo>,
-    pub rows: u64,
-    pub rejects_file: Option<&'static str>,
-    pub schema: SchemaRef,
-}
-
 impl ChatRun {
-    pub fn open(options: &ChatOptions) -> Result<ChatRun> {
-        let started = Instant::now();
-        let tokenizer = LoadedTokenizer::load(&options.tokenizer, None)?;
-        let (template, template_info) = chat::resolve(&options.template, &tokenizer)?;
-        let files = resolve_inputs(&options.inputs, None)?;
-        if let Some(file) = files
-            .iter()
-            .find(|f| !matches!(f.format, Format::Jsonl | Format::Json))
-        {
-            return Err(CoreError::Format {
-                path: file.path.clone(),
-                message: "conversation stages read .jsonl and .json records".into(),
-            });
-        }
-        let staging = Staging::create(&options.out, options.overwrite)?;
+    pub fn open(stage: &'static str, options: &ChatOptions) -> Result<ChatRun> {
+        let accepts = [Format::Jsonl, Format::Json];
+        let run = StageRun::open(stage, &options.common, None, None, &accepts)?;
+        let (template, template_info) = chat::resolve(&options.template, &run.tokenizer)?;
         let render = RenderOptions {
-            special_tokens: tokenizer.special_tokens_map(),
+            special_tokens: run.tokenizer.special_tokens_map(),
             ..RenderOptions::default()
         };
         Ok(ChatRun {
-            tokenizer,
+            run,
             template,
             template_info,
             render,
-            files,
-            staging,
-            started,
         })
+    }
+
+    pub fn tokenizer(&self) -> &LoadedTokenizer {
+        &self.run.tokenizer
     }
 
     /// Runs `stage` over the inputs; `write` turns each row into shard rows of `columns`.
     pub fn run<S: Stage>(
         &self,
         options: &ChatOptions,
-        label: &str,
         stage: &S,
         columns: &[(&str, Item)],
         cancel: &AtomicBool,
         mut write: impl FnMut(S::Row, &mut RowBatcher) -> Result<u64>,
     ) -> Result<Pending> {
         let schema = rows::list_schema(columns);
-        let writer = ShardWriter::new(self.staging.path(), schema.clone(), options.shard_size)?;
+        let writer = self.run.shard_writer(schema.clone(), &options.common)?;
         let items = columns.iter().map(|(_, item)| *item).collect();
         let mut batcher = RowBatcher::new(schema.clone(), items, writer, 1000);
-        let mut rejects = Rejects::new(self.staging.path(), options.skip_bad);
-        let total_bytes: u64 = self.files.iter().map(|f| f.bytes).sum();
-        let mut progress = Progress::new(label, total_bytes, options.quiet);
-        let source = Source {
-            files: &self.files,
-            read: ReadOptions {
-                doc_sep: DocSep::Line,
-                text_column: String::new(),
-            },
-            num_shards: options.num_shards,
-            shard_index: options.shard_index,
+        let read = ReadOptions {
+            doc_sep: DocSep::Line,
+            text_column: String::new(),
         };
-        let policy = Policy {
-            empty: EmptyPolicy::Skip,
-            rejects: &mut rejects,
-        };
-        let totals = pipeline::run(
-            &source,
+        let ran = self.run.run(
+            &options.common,
+            read,
+            EmptyPolicy::Skip,
             stage,
-            pipeline::resolve_workers(options.workers),
-            policy,
             cancel,
-            &mut progress,
             |row| write(row, &mut batcher),
         )?;
         Ok(Pending {
-            totals,
+            ran,
             batcher,
-            rejects,
             schema,
         })
     }
 
     /// Writes the manifest and publishes the output folder.
-    #[allow(clippy::too_many_arguments)]
     pub fn finish(
         self,
-        stage: &'static str,
         options: &ChatOptions,
+        (ran, written): (Ran, Written),
         stage_options: Value,
-        written: Written,
         tokens: Value,
-        mut stage_info: Value,
+        stage_info: Value,
         cancel: &AtomicBool,
     ) -> Result<Manifest> {
         let mut all_options = options.to_json();
         if let Value::Object(extra) = stage_options {
             all_options.extend(extra);
         }
-        stage_info["rejects_file"] = json!(written.rejects_file);
-        let manifest = Manifest {
-            format: "ferrotune.shards",
-            format_version: FORMAT_VERSION,
-            ferrotune_version: env!("CARGO_PKG_VERSION"),
-            stage,
-            inputs: input_entries(&self.files, &written.totals.summaries),
-            tokenizer: self.tokenizer.info.clone(),
-            template: serde_json::to_value(&self.template_info).expect("serializable"),
+        let report = StageReport {
             options: Value::Object(all_options),
-            counts: written.totals.counts,
+            template: serde_json::to_value(&self.template_info).expect("serializable"),
             tokens,
-            columns: rows::describe(&written.schema),
-            rows: written.rows,
-            shards: written.shards,
             stage_info,
-            elapsed_seconds: self.started.elapsed().as_secs_f64(),
         };
-        let description = format!("ferrotune {stage} data (see manifest.json)");
-        publish(self.staging, &manifest, &description, cancel)?;
-        Ok(manifest)
+        self.run
+            .finish(&options.common, ran, written, report, cancel)
     }
 }
 

@@ -37,6 +37,16 @@ impl Format {
         }
     }
 
+    /// The name `--format` takes (and the usual extension).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Txt => "txt",
+            Format::Jsonl => "jsonl",
+            Format::Json => "json",
+            Format::Parquet => "parquet",
+        }
+    }
+
     /// Parses a `--format` value.
     pub fn parse(name: &str) -> Result<Format> {
         match name {

@@ -82,6 +82,8 @@ pub struct Manifest {
     pub stage: &'static str,
     pub inputs: Vec<InputEntry>,
     pub tokenizer: TokenizerInfo,
+    /// The encoder engines used, their versions, and how many texts each encoded.
+    pub engine: Value,
     /// The chat template used (conversation stages); null for pretraining.
     pub template: Value,
     /// Every option that shapes the output.

@@ -15,13 +15,13 @@ use crate::chat_prep::{
     json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong,
 };
 use crate::conversation::{self, Layout};
-use crate::error::{CoreError, Result};
+use crate::encoder::Encoder;
+use crate::error::Result;
 use crate::manifest::Manifest;
 use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
 use crate::rows::{Cell, Item};
 use crate::template::{ChatTemplate, RenderOptions};
-use crate::tokenizer::LoadedTokenizer;
 
 /// One prompt.
 pub struct PromptRow {
@@ -33,9 +33,9 @@ pub struct PromptRow {
 
 /// Runs `prep ppo` and returns the manifest it wrote.
 pub fn prep_ppo(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
-    let run = ChatRun::open(options)?;
+    let run = ChatRun::open("ppo", options)?;
     let stage = PromptStage {
-        tokenizer: &run.tokenizer,
+        encoder: run.tokenizer().encoder(),
         template: &run.template,
         render: &run.render,
         options,
@@ -47,46 +47,31 @@ pub fn prep_ppo(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> 
         ("reference", Item::Text),
     ];
     let (mut tokens, mut truncated, mut references) = (0u64, 0u64, 0u64);
-    let pending = run.run(
-        options,
-        "prep ppo",
-        &stage,
-        &columns,
-        cancel,
-        |row, batcher| {
-            tokens += row.ids.len() as u64;
-            truncated += u64::from(row.truncated);
-            references += u64::from(row.reference.is_some());
-            batcher.push(&[
-                Cell::Ints(&row.ids),
-                Cell::Ints(&vec![1; row.ids.len()]),
-                Cell::Text(Some(&row.query)),
-                Cell::Text(row.reference.as_deref()),
-            ])?;
-            Ok(row.ids.len() as u64)
-        },
-    )?;
+    let pending = run.run(options, &stage, &columns, cancel, |row, batcher| {
+        tokens += row.ids.len() as u64;
+        truncated += u64::from(row.truncated);
+        references += u64::from(row.reference.is_some());
+        batcher.push(&[
+            Cell::Ints(&row.ids),
+            Cell::Ints(&vec![1; row.ids.len()]),
+            Cell::Text(Some(&row.query)),
+            Cell::Text(row.reference.as_deref()),
+        ])?;
+        Ok(row.ids.len() as u64)
+    })?;
     let written = pending.close()?;
     let stage_options = json!({"max_prompt_length": options.max_prompt_length});
     let stage_info = json!({
-        "prompts": written.totals.counts.written,
+        "prompts": written.0.totals.counts.written,
         "with_reference": references,
         "truncated": truncated,
     });
     let tokens = json!({"written": tokens});
-    run.finish(
-        "ppo",
-        options,
-        stage_options,
-        written,
-        tokens,
-        stage_info,
-        cancel,
-    )
+    run.finish(options, written, stage_options, tokens, stage_info, cancel)
 }
 
 struct PromptStage<'a> {
-    tokenizer: &'a LoadedTokenizer,
+    encoder: &'a dyn Encoder,
     template: &'a ChatTemplate,
     render: &'a RenderOptions,
     options: &'a ChatOptions,
@@ -120,13 +105,7 @@ impl Stage for PromptStage<'_> {
             Ok(rendered) => rendered.text,
             Err(e) => return Ok(Outcome::Bad(problem("template_error", None, e.to_string()))),
         };
-        let (ids, _) = self
-            .tokenizer
-            .encode_with_offsets(&query)
-            .map_err(|message| CoreError::Tokenizer {
-                path: self.tokenizer.info.path.clone(),
-                message: format!("encoding failed: {message}"),
-            })?;
+        let ids = self.encoder.encode(&query, false)?;
         let mut ids: Vec<i32> = ids.into_iter().map(|id| id as i32).collect();
         let limit = self.options.max_prompt_length;
         let mut truncated = false;

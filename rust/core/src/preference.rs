@@ -24,13 +24,13 @@ use crate::chat_prep::{
     json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong, RecordAt,
 };
 use crate::conversation::{self, Layout};
+use crate::encoder::Encoder;
 use crate::error::{CoreError, RecordError, Result};
 use crate::manifest::Manifest;
 use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
 use crate::rows::{Cell, Item};
 use crate::template::{ChatTemplate, RenderOptions};
-use crate::tokenizer::LoadedTokenizer;
 
 /// Which preference stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +68,9 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
             "only `prep rm` writes a margin column",
         ));
     }
-    let run = ChatRun::open(options)?;
+    let run = ChatRun::open(kind.name(), options)?;
     let stage = PairStage {
-        tokenizer: &run.tokenizer,
+        encoder: run.tokenizer().encoder(),
         template: &run.template,
         render: &run.render,
         options,
@@ -102,56 +102,49 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
         ],
     };
     let mut totals = [0u64; 6]; // prompt, chosen, rejected tokens; 3 counters below
-    let pending = run.run(
-        options,
-        kind.label(),
-        &stage,
-        columns,
-        cancel,
-        |pair, batcher| {
-            totals[0] += pair.prompt.len() as u64;
-            totals[1] += pair.chosen.len() as u64;
-            totals[2] += pair.rejected.len() as u64;
-            totals[3] += u64::from(pair.prompt_truncated);
-            totals[4] += u64::from(pair.answer_truncated);
-            totals[5] += u64::from(pair.prefix_mismatch);
-            let full = |answer: &[i32]| [pair.prompt.as_slice(), answer].concat();
-            let (chosen, rejected) = (full(&pair.chosen), full(&pair.rejected));
-            let ones = |ids: &[i32]| vec![1; ids.len()];
-            match kind {
-                Kind::Rm => {
-                    let cells = [
-                        Cell::Ints(&chosen),
-                        Cell::Ints(&ones(&chosen)),
-                        Cell::Ints(&rejected),
-                        Cell::Ints(&ones(&rejected)),
-                        Cell::Float(pair.margin.unwrap_or(0.0)),
-                    ];
-                    batcher.push(&cells[..if with_margin { 5 } else { 4 }])?
-                }
-                Kind::Dpo => {
-                    let labels = |answer: &[i32]| {
-                        let mut labels = vec![-100; pair.prompt.len()];
-                        labels.extend_from_slice(answer);
-                        labels
-                    };
-                    batcher.push(&[
-                        Cell::Ints(&pair.prompt),
-                        Cell::Ints(&ones(&pair.prompt)),
-                        Cell::Ints(&chosen),
-                        Cell::Ints(&ones(&chosen)),
-                        Cell::Ints(&labels(&pair.chosen)),
-                        Cell::Ints(&rejected),
-                        Cell::Ints(&ones(&rejected)),
-                        Cell::Ints(&labels(&pair.rejected)),
-                    ])?
-                }
+    let pending = run.run(options, &stage, columns, cancel, |pair, batcher| {
+        totals[0] += pair.prompt.len() as u64;
+        totals[1] += pair.chosen.len() as u64;
+        totals[2] += pair.rejected.len() as u64;
+        totals[3] += u64::from(pair.prompt_truncated);
+        totals[4] += u64::from(pair.answer_truncated);
+        totals[5] += u64::from(pair.prefix_mismatch);
+        let full = |answer: &[i32]| [pair.prompt.as_slice(), answer].concat();
+        let (chosen, rejected) = (full(&pair.chosen), full(&pair.rejected));
+        let ones = |ids: &[i32]| vec![1; ids.len()];
+        match kind {
+            Kind::Rm => {
+                let cells = [
+                    Cell::Ints(&chosen),
+                    Cell::Ints(&ones(&chosen)),
+                    Cell::Ints(&rejected),
+                    Cell::Ints(&ones(&rejected)),
+                    Cell::Float(pair.margin.unwrap_or(0.0)),
+                ];
+                batcher.push(&cells[..if with_margin { 5 } else { 4 }])?
             }
-            Ok((chosen.len() + rejected.len()) as u64)
-        },
-    )?;
+            Kind::Dpo => {
+                let labels = |answer: &[i32]| {
+                    let mut labels = vec![-100; pair.prompt.len()];
+                    labels.extend_from_slice(answer);
+                    labels
+                };
+                batcher.push(&[
+                    Cell::Ints(&pair.prompt),
+                    Cell::Ints(&ones(&pair.prompt)),
+                    Cell::Ints(&chosen),
+                    Cell::Ints(&ones(&chosen)),
+                    Cell::Ints(&labels(&pair.chosen)),
+                    Cell::Ints(&rejected),
+                    Cell::Ints(&ones(&rejected)),
+                    Cell::Ints(&labels(&pair.rejected)),
+                ])?
+            }
+        }
+        Ok((chosen.len() + rejected.len()) as u64)
+    })?;
     let written = pending.close()?;
-    let pairs = written.totals.counts.written;
+    let pairs = written.0.totals.counts.written;
     let stage_options = json!({
         "max_prompt_length": options.max_prompt_length,
         "margin_field": options.margin_field,
@@ -168,26 +161,14 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
         "truncated_answers": totals[4],
         "prompt_prefix_mismatches": totals[5],
     });
-    let name = match kind {
-        Kind::Rm => "rm",
-        Kind::Dpo => "dpo",
-    };
-    run.finish(
-        name,
-        options,
-        stage_options,
-        written,
-        tokens,
-        stage_info,
-        cancel,
-    )
+    run.finish(options, written, stage_options, tokens, stage_info, cancel)
 }
 
 impl Kind {
-    fn label(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
-            Kind::Rm => "prep rm",
-            Kind::Dpo => "prep dpo",
+            Kind::Rm => "rm",
+            Kind::Dpo => "dpo",
         }
     }
 }
@@ -198,7 +179,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 struct PairStage<'a> {
-    tokenizer: &'a LoadedTokenizer,
+    encoder: &'a dyn Encoder,
     template: &'a ChatTemplate,
     render: &'a RenderOptions,
     options: &'a ChatOptions,
@@ -229,13 +210,7 @@ impl PairStage<'_> {
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.tokenizer
-            .encode_with_offsets(text)
-            .map(|(ids, _)| ids)
-            .map_err(|message| CoreError::Tokenizer {
-                path: self.tokenizer.info.path.clone(),
-                message: format!("encoding failed: {message}"),
-            })
+        self.encoder.encode(text, false)
     }
 }
 

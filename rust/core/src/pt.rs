@@ -1,38 +1,32 @@
 //! `prep pt`: plain-text corpora → tokenized, packed pretraining blocks.
 //!
-//! Runs on [`pipeline`]: workers pull each record's text and tokenize it with EOS appended;
-//! the consumer, in input order, feeds the [`Packer`], whose blocks are batched into Arrow
-//! record batches for the [`ShardWriter`].
+//! Runs on the shared [`StageRun`]: workers pull each record's text and tokenize it with EOS
+//! appended; the consumer, in input order, feeds the [`Packer`], whose blocks are batched into
+//! Arrow record batches for the [`ShardWriter`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow_array::{ArrayRef, FixedSizeListArray, Int32Array, Int8Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde_json::{json, Value};
 
+use crate::encoder::Encoder;
 use crate::error::{CoreError, RecordError, Result};
-use crate::input::{resolve_inputs, Format};
-use crate::manifest::{input_entries, Manifest, FORMAT_VERSION};
-use crate::output::{publish, Staging};
+use crate::input::Format;
+use crate::manifest::Manifest;
 use crate::pack::{BlockSink, LastBlock, LastBlockOutcome, Packer};
-use crate::pipeline::{self, EmptyPolicy, Outcome, Policy, Rejects, Source, Stage, Totals};
-use crate::progress::Progress;
+use crate::pipeline::{EmptyPolicy, Outcome, Stage};
 use crate::reader::{json_kind, Body, DocSep, RawRecord, ReadOptions};
-use crate::shard::{ShardInfo, ShardWriter};
-use crate::tokenizer::LoadedTokenizer;
+use crate::run::{CommonOptions, StageReport, StageRun, Written};
+use crate::shard::ShardWriter;
 
 /// Everything `prep pt` takes. The CLI and the Python API both fill this in.
 #[derive(Debug, Clone)]
 pub struct PtOptions {
-    pub tokenizer: PathBuf,
-    pub inputs: Vec<String>,
-    pub out: PathBuf,
+    pub common: CommonOptions,
     pub block_size: usize,
-    /// Tokenizer threads; 0 means one per core.
-    pub workers: usize,
     /// JSON field (or Parquet column) holding the text.
     pub text_field: String,
     pub doc_sep: DocSep,
@@ -42,13 +36,6 @@ pub struct PtOptions {
     /// Use this token as EOS instead of the tokenizer config's.
     pub eos_token: Option<String>,
     pub empty: EmptyPolicy,
-    pub skip_bad: bool,
-    pub overwrite: bool,
-    pub quiet: bool,
-    pub num_shards: usize,
-    pub shard_index: usize,
-    /// A shard is closed once it holds this many bytes.
-    pub shard_size: u64,
     /// Force one input format instead of detecting it from file names.
     pub format: Option<Format>,
 }
@@ -61,23 +48,14 @@ impl PtOptions {
         out: impl Into<PathBuf>,
     ) -> Self {
         PtOptions {
-            tokenizer: tokenizer.into(),
-            inputs,
-            out: out.into(),
+            common: CommonOptions::new(tokenizer, inputs, out),
             block_size: 1024,
-            workers: 0,
             text_field: "text".into(),
             doc_sep: DocSep::Line,
             last_block: LastBlock::Pad,
             eos: true,
             eos_token: None,
             empty: EmptyPolicy::Skip,
-            skip_bad: false,
-            overwrite: false,
-            quiet: true,
-            num_shards: 1,
-            shard_index: 0,
-            shard_size: 500_000_000,
             format: None,
         }
     }
@@ -86,7 +64,6 @@ impl PtOptions {
         if self.block_size == 0 {
             return Err(CoreError::config("block-size", "must be at least 1"));
         }
-        pipeline::check_sharding(self.num_shards, self.shard_index)?;
         if self.text_field.is_empty() {
             return Err(CoreError::config("text-field", "is empty"));
         }
@@ -98,70 +75,59 @@ impl PtOptions {
 /// shard holds fewer, so that shards roll over close to `--shard-size`.
 const BATCH_ROWS: usize = 1000;
 
+/// Every input format PT reads.
+const FORMATS: [Format; 4] = [Format::Txt, Format::Jsonl, Format::Json, Format::Parquet];
+
 /// Runs `prep pt` and returns the manifest it wrote. `cancel` stops the run cleanly (no output).
 pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
-    let started = Instant::now();
     options.validate()?;
-    let tokenizer = LoadedTokenizer::load(&options.tokenizer, options.eos_token.as_deref())?;
-    let eos_id = match (&tokenizer.info.eos, options.eos) {
+    let common = &options.common;
+    let run = StageRun::open(
+        "pt",
+        common,
+        options.eos_token.as_deref(),
+        options.format,
+        &FORMATS,
+    )?;
+    let info = &run.tokenizer.info;
+    let eos_id = match (&info.eos, options.eos) {
         (_, false) => None,
-        (_, true) if tokenizer.info.post_processor_adds_eos => None,
+        (_, true) if info.post_processor_adds_eos => None,
         (Some(eos), true) => Some(eos.id),
         (None, true) => {
             return Err(CoreError::config(
                 "eos",
                 format!(
                     "the tokenizer at '{}' names no eos token: pass --eos-token TOKEN or --no-eos",
-                    options.tokenizer.display()
+                    common.tokenizer.display()
                 ),
             ))
         }
     };
-    let pad_id = tokenizer
-        .info
-        .pad
-        .as_ref()
-        .or(tokenizer.info.eos.as_ref())
-        .map_or(0, |t| t.id);
-    let files = resolve_inputs(&options.inputs, options.format)?;
-    let staging = Staging::create(&options.out, options.overwrite)?;
+    let pad_id = info.pad.as_ref().or(info.eos.as_ref()).map_or(0, |t| t.id);
 
     let schema = pt_schema(options.block_size);
-    let writer = ShardWriter::new(staging.path(), schema.clone(), options.shard_size)?;
+    let writer = run.shard_writer(schema.clone(), common)?;
     let row_bytes = options.block_size as u64 * 13; // 4 + 1 + 4 + 4 bytes per token
-    let batch_rows = (options.shard_size / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
+    let batch_rows = (common.shard_size / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
     let mut sink = BlockBatcher::new(options.block_size, batch_rows, writer, schema.clone());
     let mut packer = Packer::new(options.block_size)?;
-    let mut rejects = Rejects::new(staging.path(), options.skip_bad);
-    let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let mut progress = Progress::new("prep pt", total_bytes, options.quiet);
-    let workers = pipeline::resolve_workers(options.workers);
-    let source = Source {
-        files: &files,
-        read: ReadOptions {
-            doc_sep: options.doc_sep,
-            text_column: options.text_field.clone(),
-        },
-        num_shards: options.num_shards,
-        shard_index: options.shard_index,
+    let read = ReadOptions {
+        doc_sep: options.doc_sep,
+        text_column: options.text_field.clone(),
     };
     let stage = PtStage {
-        tokenizer: &tokenizer,
+        encoder: run.tokenizer.encoder(),
         eos_id,
         text_field: &options.text_field,
     };
-    let policy = Policy {
-        empty: options.empty,
-        rejects: &mut rejects,
-    };
     let mut document_tokens = 0u64;
-    let Totals { counts, summaries } = pipeline::run(
-        &source,
+    let ran = run.run(
+        common,
+        read,
+        options.empty,
         &stage,
-        workers,
-        policy,
         cancel,
-        &mut progress,
         |tokens: Vec<u32>| {
             document_tokens += tokens.len() as u64;
             packer.push_document(&tokens, &mut sink)?;
@@ -174,17 +140,8 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
         LastBlockOutcome::Dropped { tokens } => tokens as u64,
         _ => 0,
     };
-    let written = sink.finish()?;
-    let rejected_file = rejects.finish()?;
-
-    let manifest = Manifest {
-        format: "ferrotune.shards",
-        format_version: FORMAT_VERSION,
-        ferrotune_version: env!("CARGO_PKG_VERSION"),
-        stage: "pt",
-        inputs: input_entries(&files, &summaries),
-        tokenizer: tokenizer.info.clone(),
-        template: Value::Null,
+    let (written, blocks) = sink.finish(schema)?;
+    let report = StageReport {
         options: json!({
             "block_size": options.block_size,
             "text_field": options.text_field,
@@ -194,34 +151,22 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
             "eos_id_appended": eos_id,
             "pad_id": pad_id,
             "empty": options.empty.name(),
-            "skip_bad": options.skip_bad,
-            "num_shards": options.num_shards,
-            "shard_index": options.shard_index,
-            "shard_size": options.shard_size,
             "add_special_tokens": true,
-            "workers": workers,
         }),
-        counts,
+        template: Value::Null,
         tokens: json!({
             "documents": document_tokens,
-            "written": written.real_tokens,
-            "labels": written.real_tokens,
-            "padding": written.padding,
+            "written": blocks.real_tokens,
+            "labels": blocks.real_tokens,
+            "padding": blocks.padding,
             "dropped": dropped_tokens,
         }),
-        columns: crate::rows::describe(&schema),
-        rows: written.rows,
-        shards: written.shards,
         stage_info: json!({
             "block_size": options.block_size,
             "last_block": last_block,
-            "rejects_file": rejected_file,
         }),
-        elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    let description = "ferrotune pretraining blocks (see manifest.json)";
-    publish(staging, &manifest, description, cancel)?;
-    Ok(manifest)
+    run.finish(common, ran, written, report, cancel)
 }
 
 /// The Arrow schema of PT shards: fixed-size lists, so a batch loads as a 2-D tensor.
@@ -241,7 +186,7 @@ pub fn pt_schema(block_size: usize) -> SchemaRef {
 
 /// The PT stage: a record's text, tokenized, with EOS appended.
 struct PtStage<'a> {
-    tokenizer: &'a LoadedTokenizer,
+    encoder: &'a dyn Encoder,
     eos_id: Option<u32>,
     text_field: &'a str,
 }
@@ -254,13 +199,7 @@ impl Stage for PtStage<'_> {
             Ok(text) => text,
             Err(outcome) => return Ok(outcome),
         };
-        let mut ids = self
-            .tokenizer
-            .encode(&text)
-            .map_err(|message| CoreError::Tokenizer {
-                path: self.tokenizer.info.path.clone(),
-                message: format!("encoding failed: {message}"),
-            })?;
+        let mut ids = self.encoder.encode(&text, true)?;
         ids.extend(self.eos_id);
         Ok(Outcome::Row(ids))
     }
@@ -331,10 +270,8 @@ fn document<R>(record: RawRecord, path: &Path, text_field: &str) -> Result<Strin
     Ok(text)
 }
 
-/// Totals of what the batcher wrote.
-struct Written {
-    shards: Vec<ShardInfo>,
-    rows: u64,
+/// Token totals of the blocks the batcher wrote.
+struct BlockTokens {
     real_tokens: u64,
     padding: u64,
 }
@@ -401,14 +338,18 @@ impl BlockBatcher {
         self.writer.write(&batch)
     }
 
-    fn finish(mut self) -> Result<Written> {
+    fn finish(mut self, schema: SchemaRef) -> Result<(Written, BlockTokens)> {
         self.flush()?;
-        Ok(Written {
-            shards: self.writer.finish()?,
+        let written = Written {
+            schema,
             rows: self.rows,
+            shards: self.writer.finish()?,
+        };
+        let tokens = BlockTokens {
             real_tokens: self.real_tokens,
             padding: self.padding,
-        })
+        };
+        Ok((written, tokens))
     }
 }
 

@@ -17,7 +17,8 @@ use crate::chat_prep::{
     json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong,
 };
 use crate::conversation::{self, Layout};
-use crate::error::{CoreError, Result};
+use crate::encoder::Encoder;
+use crate::error::Result;
 use crate::manifest::Manifest;
 use crate::mask;
 use crate::pack::BestFit;
@@ -25,7 +26,6 @@ use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
 use crate::rows::{Cell, Item, RowBatcher};
 use crate::template::{ChatTemplate, RenderOptions};
-use crate::tokenizer::LoadedTokenizer;
 
 /// Conversations per packing window: bounded memory, and large enough that best-fit finds
 /// good fits (rows come out over 98% full on MedicalGPT's SFT files).
@@ -43,12 +43,12 @@ pub struct SftRow {
 
 /// Runs `prep sft` and returns the manifest it wrote.
 pub fn prep_sft(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
-    let run = ChatRun::open(options)?;
+    let run = ChatRun::open("sft", options)?;
     let stage = SftStage {
-        tokenizer: &run.tokenizer,
+        encoder: run.tokenizer().encoder(),
         template: &run.template,
         render: &run.render,
-        end_tokens: run.tokenizer.special_token_strings(),
+        end_tokens: run.tokenizer().special_token_strings(),
         options,
     };
     let mut columns = vec![
@@ -78,33 +78,26 @@ pub fn prep_sft(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> 
             Cell::Ints(&positions),
         ])
     };
-    let mut pending = run.run(
-        options,
-        "prep sft",
-        &stage,
-        &columns,
-        cancel,
-        |row, batcher| {
-            stats.add(&row);
-            let len = row.ids.len();
-            if options.pack {
-                packer.push(len, row, &mut |packed| write_packed(packed, batcher))?;
-            } else {
-                let mask = vec![1; len];
-                batcher.push(&[
-                    Cell::Ints(&row.ids),
-                    Cell::Ints(&mask),
-                    Cell::Ints(&row.labels),
-                ])?;
-            }
-            Ok(len as u64)
-        },
-    )?;
+    let mut pending = run.run(options, &stage, &columns, cancel, |row, batcher| {
+        stats.add(&row);
+        let len = row.ids.len();
+        if options.pack {
+            packer.push(len, row, &mut |packed| write_packed(packed, batcher))?;
+        } else {
+            let mask = vec![1; len];
+            batcher.push(&[
+                Cell::Ints(&row.ids),
+                Cell::Ints(&mask),
+                Cell::Ints(&row.labels),
+            ])?;
+        }
+        Ok(len as u64)
+    })?;
     if options.pack {
         packer.flush(&mut |packed| write_packed(packed, &mut pending.batcher))?;
     }
     let written = pending.close()?;
-    let capacity = written.rows * options.max_length as u64;
+    let capacity = written.1.rows * options.max_length as u64;
     let stage_options = json!({"learn": options.learn.name(), "pack": options.pack});
     let tokens = json!({
         "written": stats.tokens,
@@ -123,15 +116,7 @@ pub fn prep_sft(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> 
         },
         "length_histogram": stats.histogram(),
     });
-    run.finish(
-        "sft",
-        options,
-        stage_options,
-        written,
-        tokens,
-        stage_info,
-        cancel,
-    )
+    run.finish(options, written, stage_options, tokens, stage_info, cancel)
 }
 
 /// Token and length totals of the written conversations.
@@ -167,7 +152,7 @@ impl Stats {
 }
 
 struct SftStage<'a> {
-    tokenizer: &'a LoadedTokenizer,
+    encoder: &'a dyn Encoder,
     template: &'a ChatTemplate,
     render: &'a RenderOptions,
     end_tokens: Vec<String>,
@@ -228,13 +213,7 @@ impl Stage for SftStage<'_> {
                 return Ok(Outcome::Bad(problem("answer_not_found", field, message)));
             }
         };
-        let (ids, offsets) =
-            self.tokenizer
-                .encode_with_offsets(&rendered.text)
-                .map_err(|message| CoreError::Tokenizer {
-                    path: self.tokenizer.info.path.clone(),
-                    message: format!("encoding failed: {message}"),
-                })?;
+        let (ids, offsets) = self.encoder.encode_with_offsets(&rendered.text)?;
         let mut labels = mask::labels(&ids, &offsets, &spans);
         let mut ids: Vec<i32> = ids.into_iter().map(|id| id as i32).collect();
         let mut truncated = false;

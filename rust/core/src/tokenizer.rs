@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use crate::encoder::{Encoder, EngineChoice, IdsAndOffsets};
 use crate::error::{CoreError, Result};
 use crate::reader::sha256_file;
 
@@ -21,12 +22,12 @@ pub struct SpecialToken {
     pub id: u32,
 }
 
-/// Token ids and their byte offsets `(start, end)` in the encoded text.
-pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
-
 /// A tokenizer ready to encode, with the facts the manifest records.
 pub struct LoadedTokenizer {
-    pub tokenizer: Tokenizer,
+    /// HF `tokenizers` 0.23: the reference engine, and the source of vocabulary facts.
+    reference: ReferenceEncoder,
+    /// The `--engine` asked for.
+    engine: EngineChoice,
     pub info: TokenizerInfo,
     /// `tokenizer_config.json`, when there is one (chat template, special tokens).
     pub config: Option<Value>,
@@ -64,7 +65,7 @@ const EOS_GUESSES: [&str; 6] = [
 impl LoadedTokenizer {
     /// Loads from a model folder (`tokenizer.json` + optional `tokenizer_config.json`) or a
     /// `tokenizer.json` file. `eos_override` names the end-of-document token explicitly.
-    pub fn load(path: &Path, eos_override: Option<&str>) -> Result<Self> {
+    pub fn load(path: &Path, eos_override: Option<&str>, engine: EngineChoice) -> Result<Self> {
         let bad = |message: String| CoreError::Tokenizer {
             path: path.to_path_buf(),
             message,
@@ -157,11 +158,30 @@ impl LoadedTokenizer {
             .path
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        Ok(LoadedTokenizer {
+        let reference = ReferenceEncoder {
             tokenizer,
+            path: info.path.clone(),
+        };
+        Ok(LoadedTokenizer {
+            reference,
+            engine,
             info,
             config,
             dir,
+        })
+    }
+
+    /// The encoder every stage calls.
+    pub fn encoder(&self) -> &dyn Encoder {
+        &self.reference
+    }
+
+    /// What the manifest records of the engines: which was asked for, which ran, their
+    /// versions, and how many texts each encoded.
+    pub fn engine_report(&self) -> Value {
+        serde_json::json!({
+            "requested": self.engine.name(),
+            "reference": REFERENCE_VERSION,
         })
     }
 
@@ -199,6 +219,7 @@ impl LoadedTokenizer {
     /// Every special added token's text, longest first (end-of-turn candidates for masks).
     pub fn special_token_strings(&self) -> Vec<String> {
         let mut tokens: Vec<String> = self
+            .reference
             .tokenizer
             .get_added_tokens_decoder()
             .into_values()
@@ -233,23 +254,42 @@ impl LoadedTokenizer {
         }
         Ok(None)
     }
+}
 
-    /// Ids and byte offsets of a rendered conversation, encoded once without added special
-    /// tokens (the template already wrote them: no double BOS).
-    pub fn encode_with_offsets(&self, text: &str) -> std::result::Result<IdsAndOffsets, String> {
+/// The reference engine's crate and version (pinned in `rust/core/Cargo.toml`).
+pub const REFERENCE_VERSION: &str = "tokenizers 0.23.2";
+
+/// HF `tokenizers` 0.23, the reference engine: ids equal to `transformers`' by construction.
+pub struct ReferenceEncoder {
+    tokenizer: Tokenizer,
+    /// The `tokenizer.json` it came from, for errors.
+    path: PathBuf,
+}
+
+impl ReferenceEncoder {
+    fn failed(&self, error: tokenizers::Error) -> CoreError {
+        CoreError::Tokenizer {
+            path: self.path.clone(),
+            message: format!("encoding failed: {error}"),
+        }
+    }
+}
+
+impl Encoder for ReferenceEncoder {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, add_special_tokens)
+            .map_err(|e| self.failed(e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsAndOffsets> {
         let encoding = self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.failed(e))?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
-    }
-
-    /// Token ids of one document, with the special tokens `transformers`' `tokenizer(text)` adds.
-    pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
-        self.tokenizer
-            .encode_fast(text, true)
-            .map(|encoding| encoding.get_ids().to_vec())
-            .map_err(|e| e.to_string())
     }
 }
 

@@ -168,11 +168,9 @@ fn identical_bytes_for_any_worker_count() {
     let mut outputs = Vec::new();
     for workers in [1, 2, 5] {
         let name = format!("out{workers}");
-        let options = PtOptions {
-            workers,
-            shard_size: 200_000,
-            ..options(dir.path(), &input, &name, 61)
-        };
+        let mut options = options(dir.path(), &input, &name, 61);
+        options.common.workers = workers;
+        options.common.shard_size = 200_000;
         let manifest = prep_pt(&options, &AtomicBool::new(false)).unwrap();
         assert!(manifest.shards.len() > 1);
         let bytes: Vec<Vec<u8>> = manifest
@@ -229,11 +227,11 @@ fn skip_bad_counts_and_the_tail_can_be_dropped() {
         "{\"text\": \"a b c d\"}\nnot json\n{\"body\": \"x\"}\n{\"text\": \"e\"}\n",
     )
     .unwrap();
-    let options = PtOptions {
-        skip_bad: true,
+    let mut options = PtOptions {
         last_block: ferrotune_core::pack::LastBlock::Drop,
         ..options(dir.path(), &input, "out", 4)
     };
+    options.common.skip_bad = true;
     let manifest = prep_pt(&options, &AtomicBool::new(false)).unwrap();
     let counts = &manifest.counts;
     assert_eq!((counts.read, counts.written, counts.rejected), (4, 2, 2));

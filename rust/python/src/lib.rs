@@ -15,13 +15,16 @@ use std::sync::Arc;
 use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
+use ferrotune_core::encoder::EngineChoice;
 use ferrotune_core::input::Format;
 use ferrotune_core::pack::LastBlock;
 use ferrotune_core::ppo::prep_ppo;
 use ferrotune_core::preference::{prep_pairs, Kind};
 use ferrotune_core::reader::DocSep;
 use ferrotune_core::shard::parse_size;
-use ferrotune_core::{ChatOptions, ChatTemplate, CoreError, EmptyPolicy, PtOptions, RenderOptions};
+use ferrotune_core::{
+    ChatOptions, ChatTemplate, CommonOptions, CoreError, EmptyPolicy, PtOptions, RenderOptions,
+};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -134,7 +137,7 @@ fn run_interruptible<T: Send + 'static>(
     tokenizer, inputs, out, *, block_size=1024, workers=0, text_field="text".to_string(),
     doc_sep="line".to_string(), last_block="pad".to_string(), eos=true, eos_token=None,
     empty="skip".to_string(), skip_bad=false, overwrite=false, quiet=true, num_shards=1,
-    shard_index=0, shard_size="500MB".to_string(), input_format=None
+    shard_index=0, shard_size="500MB".to_string(), input_format=None, engine="auto".to_string()
 ))]
 #[allow(clippy::too_many_arguments)]
 fn prep_pt(
@@ -157,25 +160,30 @@ fn prep_pt(
     shard_index: usize,
     shard_size: String,
     input_format: Option<String>,
+    engine: String,
 ) -> PyResult<String> {
     let options = (|| -> Result<PtOptions, CoreError> {
-        Ok(PtOptions {
-            block_size,
+        let common = CommonOptions {
             workers,
-            text_field,
-            doc_sep: DocSep::parse(&doc_sep)?,
-            last_block: LastBlock::parse(&last_block)?,
-            eos,
-            eos_token,
-            empty: EmptyPolicy::parse(&empty)?,
             skip_bad,
             overwrite,
             quiet,
             num_shards,
             shard_index,
             shard_size: parse_size(&shard_size)?,
+            engine: EngineChoice::parse(&engine)?,
+            ..CommonOptions::new(tokenizer, inputs, out)
+        };
+        Ok(PtOptions {
+            common,
+            block_size,
+            text_field,
+            doc_sep: DocSep::parse(&doc_sep)?,
+            last_block: LastBlock::parse(&last_block)?,
+            eos,
+            eos_token,
+            empty: EmptyPolicy::parse(&empty)?,
             format: input_format.as_deref().map(Format::parse).transpose()?,
-            ..PtOptions::new(tokenizer, inputs, out)
         })
     })()
     .map_err(|e| to_py_err(py, e))?;
