@@ -5,7 +5,8 @@ The benchmark lives in ``ferrotune.bench`` so that it runs from an installed whe
 
 import sys
 
-from ferrotune.bench.command import run_script
+from ferrotune.bench.command import script_argv
+from ferrotune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_script(__file__, "prep", "dpo"))
+    sys.exit(main(script_argv(__file__, "prep", "dpo")))

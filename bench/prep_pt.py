@@ -7,10 +7,11 @@ also re-exports the measuring helpers that ``train_*.py`` here import from it.
 import sys
 from pathlib import Path
 
-from ferrotune.bench.command import run_script
+from ferrotune.bench.command import script_argv
 from ferrotune.bench.measure import RESULT_TAG, BenchError, child_env, child_result, run_measured
 from ferrotune.bench.prep import qwen_tokenizer_dir
 from ferrotune.bench.table import cpu_model, version
+from ferrotune.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "bench" / "out"
@@ -29,4 +30,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(run_script(__file__, "prep", "pt"))
+    sys.exit(main(script_argv(__file__, "prep", "pt")))

@@ -65,7 +65,8 @@ def child(args: argparse.Namespace) -> None:
     """One contender: prepare, run the PPO loop, print one JSON line of figures."""
     import torch
 
-    from ferrotune.data.shards import ShardDataset, read_manifest
+    from ferrotune.data.manifest import read_manifest
+    from ferrotune.data.shards import ShardDataset
     from ferrotune.train import ppo
     from ferrotune.train.config import PpoConfig
 

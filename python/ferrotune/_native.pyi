@@ -24,6 +24,7 @@ def prep_pt(
     shard_index: int = 0,
     shard_size: str = "500MB",
     input_format: str | None = None,
+    engine: str = "auto",
 ) -> str: ...
 def render_chat_template(
     template: str,

@@ -1,343 +1,70 @@
-"""The ``ferrotune`` command.
+"""The ``ferrotune`` command: a dispatcher, each command in its own module.
 
-``ferrotune prep pt`` prepares pretraining data, ``ferrotune prep sft|rm|dpo|ppo`` conversations
-and preference pairs. Errors
-are printed as one plain line naming the file, line and field (no traceback) and the exit
+``COMMANDS`` names every command, the module that builds its parser (``add_parser(subparsers)``,
+which sets the function that runs it) and the help line ``ferrotune --help`` lists. Only the
+module of the command being run is imported, and each imports what its run needs when it runs:
+``ferrotune prep``, ``inspect``, ``--version`` and every ``--help`` start at once, without torch
+or transformers (docs/architecture.md §10).
+
+Errors are printed as one plain line naming the file, line and field (no traceback) and the exit
 status is non-zero; ``FERROTUNE_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from ferrotune import __version__, inspect, pipeline
-from ferrotune.bench import command as bench_command
+from ferrotune import __version__
 from ferrotune.errors import FerrotuneError
-from ferrotune.train import command as train_command
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    """Options every prep stage shares."""
-    parser.add_argument(
-        "--tokenizer",
-        required=True,
-        help="HF model folder (tokenizer.json + tokenizer_config.json) or a tokenizer.json",
-    )
-    parser.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        metavar="PATH",
-        help="files, folders or globs (.txt, .jsonl, .json, .parquet)",
-    )
-    parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="tokenizer threads (default: one per core)"
-    )
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="write bad records to OUT/rejects.jsonl with their reason and go on",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress and no summary, only errors"
-    )
-    parser.add_argument(
-        "--num-shards",
-        type=int,
-        default=1,
-        help="split the input between this many independent runs (by record)",
-    )
-    parser.add_argument(
-        "--shard-index", type=int, default=0, help="which of --num-shards this run is (0-based)"
-    )
-    parser.add_argument(
-        "--shard-size", default="500MB", help="close an output shard past this size"
-    )
-
-
-def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The values of the options `_add_common` defines, as keyword arguments."""
-    return {
-        "workers": args.workers,
-        "skip_bad": args.skip_bad,
-        "overwrite": args.overwrite,
-        "quiet": args.quiet,
-        "num_shards": args.num_shards,
-        "shard_index": args.shard_index,
-        "shard_size": args.shard_size,
-    }
-
-
-def _add_prep_pt(prep: Any) -> None:
-    parser = prep.add_parser(
-        "pt",
-        help="tokenize a text corpus and pack it into fixed-size pretraining blocks",
-        description=(
-            "Tokenize documents (.txt lines or paragraphs, .jsonl/.json/.parquet text fields), "
-            "append EOS, concatenate and cut into --block-size blocks. Writes Arrow shards that "
-            "datasets.load_from_disk reads, plus manifest.json."
-        ),
-    )
-    _add_common(parser)
-    parser.add_argument("--block-size", type=int, default=1024, help="tokens per block")
-    parser.add_argument(
-        "--text-field", default="text", help="JSON field or Parquet column with the text"
-    )
-    parser.add_argument(
-        "--doc-sep",
-        choices=["line", "blank-line"],
-        default="line",
-        help=".txt files: one document per line, or per blank-line-separated paragraph",
-    )
-    parser.add_argument(
-        "--last-block",
-        choices=["pad", "drop"],
-        default="pad",
-        help="the last partial block: pad it (labels -100) or drop it; counted either way",
-    )
-    parser.add_argument(
-        "--eos",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="append the EOS token after each document",
-    )
-    parser.add_argument("--eos-token", help="use this token as EOS instead of the tokenizer's")
-    parser.add_argument(
-        "--empty",
-        choices=["skip", "error"],
-        default="skip",
-        help="empty documents: skip and count them, or treat them as bad records",
-    )
-    parser.add_argument(
-        "--format",
-        choices=["txt", "jsonl", "json", "parquet"],
-        help="read every input in this format (default: from the file name)",
-    )
-    parser.set_defaults(run=_run_prep_pt)
-
-
-def _run_prep_pt(args: argparse.Namespace) -> int:
-    from ferrotune.data import prep_pt
-
-    manifest = prep_pt(
-        args.tokenizer,
-        args.input,
-        args.out,
-        block_size=args.block_size,
-        text_field=args.text_field,
-        doc_sep=args.doc_sep,
-        last_block=args.last_block,
-        eos=args.eos,
-        eos_token=args.eos_token,
-        empty=args.empty,
-        input_format=args.format,
-        **_common_kwargs(args),
-    )
-    if not args.quiet:
-        print(summarize_pt(manifest, args.out))
-    return 0
-
-
-def summarize_pt(manifest: dict[str, Any], out: str) -> str:
-    """A few lines a user reads to trust the run: counts that add up, tokens, time."""
-    counts, tokens = manifest["counts"], manifest["tokens"]
-    info = manifest["stage_info"]
-    shards = manifest["shards"]
-    size = sum(shard["bytes"] for shard in shards)
-    last = info["last_block"]
-    if last["outcome"] == "padded":
-        tail = f"last block padded ({last['tokens']:,} tokens + {last['padding']:,} padding)"
-    elif last["outcome"] == "dropped":
-        tail = f"last partial block dropped ({last['tokens']:,} tokens)"
-    else:
-        tail = "no partial block"
-    elapsed = manifest["elapsed_seconds"]
-    rate = tokens["documents"] / max(elapsed, 1e-9)
-    lines = [
-        f"wrote {out}: {manifest['rows']:,} blocks of {info['block_size']:,} tokens "
-        f"in {len(shards)} shard(s), {size / 1e6:.1f} MB",
-        _counts_line(manifest, out),
-        f"  tokens   {tokens['documents']:,} from documents, {tokens['written']:,} in blocks; "
-        f"{tail}",
-        f"  time     {elapsed:.2f} s, {rate / 1e6:.2f} M tokens/s "
-        f"with {manifest['options']['workers']} worker(s)",
-    ]
-    if counts["other_shards"]:
-        lines.insert(
-            2, f"  sharding {counts['other_shards']:,} records left to the other --shard-index runs"
-        )
-    return "\n".join(lines)
-
-
-CHAT_STAGES = {
-    "sft": (
-        "render conversations with the chat template; labels only on assistant answers",
-        "Render ShareGPT / OpenAI messages / Alpaca records with the chat template, tokenize "
-        "once, and label only the assistant answers (their end-of-turn token included); -100 "
-        "elsewhere. Optionally pack rows best-fit-decreasing.",
+# command -> (the module whose `add_parser(subparsers)` adds it, its line in `ferrotune --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prep": ("ferrotune.data.command", "prepare a corpus into Arrow shards"),
+    "inspect": (
+        "ferrotune.inspect",
+        "summarize a prepared folder and decode a few rows, learned tokens marked",
     ),
-    "rm": (
-        "preference pairs for reward modelling (chosen/rejected sequences)",
-        "Render MedicalGPT / TRL preference records: one prompt rendering shared by the chosen "
-        "and rejected answers; writes input_ids_chosen/_rejected and their attention masks.",
+    "train": ("ferrotune.train.command", "train a stage on prepped shards"),
+    "bench": (
+        "ferrotune.bench.command",
+        "benchmark ours against what users run today (table, CSV, PNG)",
     ),
-    "dpo": (
-        "preference pairs for DPO (prompt, chosen and rejected with labels -100 over the prompt)",
-        "Render MedicalGPT / TRL preference records; the prompt is the token prefix shared with "
-        "both answers' renderings (as TRL's DPO trainer takes it); labels -100 over the prompt.",
-    ),
-    "ppo": (
-        "prompts for PPO rollouts, rendered with the generation prompt",
-        "Render prompts (any conversation or preference record, or prompt/query/question "
-        "records) with the generation prompt; keeps the query text and a reference answer.",
-    ),
+    "pipeline": ("ferrotune.pipeline", "run PT -> SFT -> RM -> DPO -> PPO from one YAML file"),
 }
 
 
-def _add_prep_chat(prep: Any, stage: str) -> None:
-    """``prep sft|rm|dpo|ppo``: the shared conversation options plus the stage's own."""
-    help_text, description = CHAT_STAGES[stage]
-    parser = prep.add_parser(stage, help=help_text, description=description)
-    _add_common(parser)
-    parser.add_argument(
-        "--template",
-        default="auto",
-        help="auto (the tokenizer's own), chatml, qwen, llama3, vicuna, alpaca, or FILE.jinja",
-    )
-    parser.add_argument("--system", help="system prompt for conversations that have none")
-    parser.add_argument(
-        "--max-length", type=int, default=2048, help="tokens per sequence (prompt + answer)"
-    )
-    parser.add_argument(
-        "--overlong",
-        choices=["truncate", "drop"],
-        default="truncate",
-        help="too long: keep what fits (prompts their end, answers their start), or drop; counted",
-    )
-    parser.add_argument(
-        "--same-role",
-        choices=["reject", "merge"],
-        default="reject",
-        help="two user (or assistant) turns in a row: a bad record, or joined into one",
-    )
-    parser.add_argument(
-        "--format",
-        default="auto",
-        help="record layout: auto (detected per record), sharegpt, openai, alpaca, "
-        "medicalgpt_preference, legacy_preference, trl_preference, prompt",
-    )
-    if stage == "sft":
-        parser.add_argument(
-            "--learn",
-            choices=["all", "last"],
-            default="all",
-            help="learn every assistant turn, or only the last",
-        )
-        parser.add_argument(
-            "--pack", action="store_true", help="pack conversations into --max-length rows"
-        )
-    else:
-        parser.add_argument(
-            "--max-prompt-length",
-            type=int,
-            default=1024,
-            help="prompt tokens kept (its end) at most",
-        )
-    if stage == "rm":
-        parser.add_argument(
-            "--margin-field",
-            metavar="NAME",
-            help="write each record's number NAME to a `margin` column (the reward loss "
-            "subtracts it, as TRL's RewardTrainer)",
-        )
-    parser.set_defaults(run=_run_prep_chat, stage=stage)
-
-
-def _run_prep_chat(args: argparse.Namespace) -> int:
-    from ferrotune.data import prep
-
-    names = ["template", "system", "max_length", "overlong", "same_role", "format"]
-    names += ["learn", "pack"] if args.stage == "sft" else ["max_prompt_length"]
-    names += ["margin_field"] if args.stage == "rm" else []
-    options = {name: getattr(args, name) for name in names}
-    function = getattr(prep, f"prep_{args.stage}")
-    manifest = function(args.tokenizer, args.input, args.out, **options, **_common_kwargs(args))
-    if not args.quiet:
-        print(summarize_chat(manifest, args.out))
-    return 0
-
-
-def _counts_line(manifest: dict[str, Any], out: str) -> str:
-    """``read = written + empty + rejected + dropped``, with the reasons."""
-    counts = manifest["counts"]
-    line = (
-        f"  records  {counts['read']:,} read = {counts['written']:,} written "
-        f"+ {counts['empty']:,} empty + {counts['rejected']:,} rejected"
-    )
-    if counts["rejected"]:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["rejected_by_reason"].items())
-        line += f" ({reasons}; see {out}/rejects.jsonl)"
-    if counts.get("dropped"):
-        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["dropped_by_reason"].items())
-        line += f" + {counts['dropped']:,} dropped ({reasons})"
-    return line
-
-
-def summarize_chat(manifest: dict[str, Any], out: str) -> str:
-    """What a user checks before training: counts, tokens (learned share for SFT), template."""
-    tokens, info = manifest["tokens"], manifest["stage_info"]
-    template = manifest["template"]
-    lines = [
-        f"wrote {out}: {manifest['rows']:,} {manifest['stage']} rows "
-        f"in {len(manifest['shards'])} shard(s)",
-        _counts_line(manifest, out),
-    ]
-    if manifest["stage"] == "sft":
-        masks = "generation blocks" if template["generation_blocks"] else "located answers"
-        lines.append(
-            f"  tokens   {tokens['written']:,}, learned {tokens['labels']:,} "
-            f"({100 * tokens['label_share']:.1f}%); {info['truncated']:,} truncated "
-            f"(masks from {masks})"
-        )
-        if info["packed"]:
-            lines.append(f"  packing  {100 * info['packing_efficiency']:.1f}% of row capacity used")
-    else:
-        detail = ", ".join(f"{k} {v:,}" for k, v in info.items() if isinstance(v, int))
-        lines.append(f"  tokens   {tokens['written']:,}; {detail}")
-    lines.append(f"  template {template['name']}")
-    lines.append(f"  time     {manifest['elapsed_seconds']:.2f} s")
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ferrotune`` parser with ``command``'s own parser, from its module; the other
+    commands are there by name and help line only (enough for ``ferrotune --help``)."""
     parser = argparse.ArgumentParser(
         prog="ferrotune",
         description="A fast LLM training pipeline: data prep in Rust, fused kernels, trainers.",
     )
     parser.add_argument("--version", action="version", version=f"ferrotune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    prep = commands.add_parser("prep", help="prepare a corpus into Arrow shards")
-    stages = prep.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    _add_prep_pt(stages)
-    for stage in CHAT_STAGES:
-        _add_prep_chat(stages, stage)
-    inspect.add_parser(commands)
-    train_command.add_parser(commands)
-    bench_command.add_parser(commands)
-    pipeline.add_parser(commands)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(commands)
+        else:
+            commands.add_parser(name, help=help_text)
     return parser
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs: its first word that is not an option (the top-level options,
+    ``--help`` and ``--version``, take no value), or ``None``."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         # KEY=VALUE overrides of `train` may come before and after its options: argparse only

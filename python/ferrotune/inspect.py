@@ -15,9 +15,10 @@ column containing ``input_ids`` is a sequence, and its ``attention_mask``, ``lab
 labels (RM, PPO) is shown plain.
 
 Shards are memory-mapped and read batch by batch: the length histogram touches only the mask
-columns and the examples stop at the last wanted row. NumPy, pyarrow, torch (behind
-``read_manifest``) and tokenizers are imported when the command runs, not when ``ferrotune``
-builds its parser, so the other commands start without them.
+columns and the examples stop at the last wanted row. NumPy, pyarrow and tokenizers are
+imported when the command runs, not when ``ferrotune`` builds its parser, so the other commands
+start without them; torch is never imported (the manifest is read by
+``ferrotune.data.manifest``, the shards by pyarrow).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``inspect`` command; returns the exit status."""
-    from ferrotune.data import read_manifest
+    from ferrotune.data.manifest import read_manifest
 
     out = Path(args.out)
     manifest = read_manifest(out)

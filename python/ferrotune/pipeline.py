@@ -32,15 +32,25 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ferrotune import data as prep_functions
 from ferrotune.data.prep import CHAT_OPTIONS
 from ferrotune.errors import ConfigError, did_you_mean
+from ferrotune.pipeline_files import STATE_FILE, Pipeline, State
+from ferrotune.stages import STAGES
 
-STAGES = ("pt", "sft", "rm", "dpo", "ppo")
+__all__ = [
+    "STAGES",
+    "STATE_FILE",
+    "Pipeline",
+    "State",
+    "add_parser",
+    "load_pipeline",
+    "run_pipeline",
+]
+
 # The model each stage starts from: the first of these stages that has a trained model.
 STARTS_FROM = {"pt": (), "sft": ("pt",), "rm": ("sft", "pt"), "dpo": ("sft", "pt"),
                "ppo": ("sft", "pt")}  # fmt: skip
@@ -56,20 +66,6 @@ HANDED_ON = {
 }
 PREP_INPUTS = ("input", "eval_input")  # the other `prep:` keys are the prep function's options
 INPUT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-STATE_FILE = "pipeline.json"
-
-
-@dataclass
-class Pipeline:
-    """A pipeline file, its paths resolved."""
-
-    source: Path
-    tokenizer: Path
-    model: str
-    output: Path
-    train: dict[str, Any]
-    stages: dict[str, dict[str, dict[str, Any]]]  # stage -> {"prep": {...}, "train": {...}}
-    text: str = field(repr=False, default="")
 
 
 def load_pipeline(path: str | os.PathLike[str], output: str | None = None) -> Pipeline:
@@ -162,31 +158,6 @@ def _check_train_settings(stage: str, settings: dict[str, Any], where: str) -> N
     check_gpu_options(settings)
 
 
-class State:
-    """``pipeline.json``: per stage, the fingerprint of its data and of its trained model."""
-
-    def __init__(self, output: Path, *, writer: bool = True) -> None:
-        self.path = output / STATE_FILE
-        self.writer = writer  # under torchrun, only the main process writes the file
-        self.reload()
-
-    def reload(self) -> None:
-        self.stages: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            self.stages = json.loads(self.path.read_text())["stages"]
-
-    def get(self, stage: str) -> dict[str, Any]:
-        return self.stages.setdefault(stage, {})
-
-    def save(self) -> None:
-        if not self.writer:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"stages": self.stages}, indent=1))
-        os.replace(tmp, self.path)
-
-
 def run_pipeline(pipeline: Pipeline, stages: list[str] | None = None) -> Path:
     """Runs the chosen stages (default: every configured one) in order; returns the report."""
     from ferrotune.report import write_report
@@ -241,7 +212,7 @@ def _prepare(
 ) -> Path:
     """Shards of ``inputs`` in ``out`` (the stage's training or evaluation data, recorded as
     ``field_name``): reused when the manifest still matches, else prepped afresh."""
-    from ferrotune.data.shards import read_manifest
+    from ferrotune.data.manifest import read_manifest
 
     prep = {k: v for k, v in pipeline.stages[stage]["prep"].items() if k not in PREP_INPUTS}
     files = _input_files(inputs)

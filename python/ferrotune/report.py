@@ -21,7 +21,7 @@ from ferrotune import __version__
 from ferrotune.train.plots import plot_panels
 
 if TYPE_CHECKING:
-    from ferrotune.pipeline import Pipeline, State
+    from ferrotune.pipeline_files import Pipeline, State
 
 # The curves drawn per stage: one panel per inner list.
 CURVES: dict[str, list[list[str]]] = {
@@ -61,7 +61,7 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def write_report(pipeline: Pipeline, state: State) -> Path:
     """Writes ``OUTPUT/report`` for every stage that has a trained model; returns the folder."""
-    from ferrotune.data.shards import read_manifest
+    from ferrotune.data.manifest import read_manifest
 
     out = pipeline.output / "report"
     out.mkdir(parents=True, exist_ok=True)

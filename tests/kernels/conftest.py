@@ -1,11 +1,11 @@
 """Shared pieces of the kernel tests: backends, device, dtypes, and the error rule.
 
-Error rule (DESIGN §5): against an fp64 oracle (the plain-PyTorch reference on fp64 copies of the
-inputs), a kernel's error is no worse than the reference's own error on the inputs as given (the
-reference computes like transformers does: fp32 log-softmax, gradients rounded once to the input's
-dtype), plus 4 units in the last place of that dtype at the tensor's scale (a wrong gradient is
-off by orders of magnitude more; the loss whose gradients are formed in the forward and scaled in
-the backward needs about 4 in fp32).
+Error rule (docs/architecture.md §8): against an fp64 oracle (the plain-PyTorch reference on fp64
+copies of the inputs), a kernel's error is no worse than the reference's own error on the inputs as
+given (the reference computes like transformers does: fp32 log-softmax, gradients rounded once to
+the input's dtype), plus 4 units in the last place of that dtype at the tensor's scale (a wrong
+gradient is off by orders of magnitude more; the loss whose gradients are formed in the forward and
+scaled in the backward needs about 4 in fp32).
 """
 
 from __future__ import annotations

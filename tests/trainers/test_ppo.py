@@ -13,7 +13,8 @@ import torch
 
 from ferrotune.cli import main
 from ferrotune.data import prep_ppo
-from ferrotune.data.shards import ShardDataset, read_manifest
+from ferrotune.data.manifest import read_manifest
+from ferrotune.data.shards import ShardDataset
 from ferrotune.errors import ConfigError
 from ferrotune.train.config import PpoConfig
 from ferrotune.train.ppo import PpoRun

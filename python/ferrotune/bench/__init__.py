@@ -10,11 +10,13 @@ ratio and the difference of the outputs) and writes it as ``OUT/<name>.csv`` and
 ``table``
     the shared output: rows, the printed table, CSV, PNG, the machine line;
 ``kernel_ops`` / ``kernels``
-    the fused LM-head losses and log-probs against HF eager, TRL and Liger-Kernel;
+    the fused LM-head losses and log-probs against HF eager, TRL and Liger-Kernel (``cases``:
+    what one case is and what it measured, shared by both);
 ``prep`` / ``prep_pt`` / ``prep_sft`` / ``prep_dpo``
     data preparation against HF ``tokenizers``, ``datasets`` and TRL;
 ``command``
-    the ``ferrotune bench`` command line.
+    the ``ferrotune bench`` command line (and ``script_argv``, what the scripts in ``bench/``
+    hand to ``ferrotune.cli.main``).
 
 Nothing is imported here, so that ``ferrotune`` starts without torch and
 ``python -m ferrotune.bench.child`` finds its module unimported.

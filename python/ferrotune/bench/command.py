@@ -188,12 +188,11 @@ def _run_prep(args: argparse.Namespace) -> int:
     return prep.run(settings(prep.Settings, args), args.out)
 
 
-def run_script(script: str, *command: str) -> int:
-    """What the scripts in ``bench/`` run: ``ferrotune bench COMMAND ARGS`` with this process's
-    arguments, writing beside the script (``bench/out``) unless ``--out`` says otherwise."""
+def script_argv(script: str, *command: str) -> list[str]:
+    """What the scripts in ``bench/`` hand to ``ferrotune.cli.main``: ``bench COMMAND`` and this
+    process's arguments, writing beside the script (``bench/out``) unless ``--out`` says otherwise
+    (the last ``--out`` wins)."""
     import sys
 
-    from ferrotune.cli import main
-
     out = Path(script).resolve().parent / "out"
-    return main(["bench", *command, "--out", str(out), *sys.argv[1:]])
+    return ["bench", *command, "--out", str(out), *sys.argv[1:]]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ferrotune.bench import measure
-from ferrotune.bench.kernels import Case, Result
+from ferrotune.bench.cases import Case, Result
 from ferrotune.bench.measure import MIB, BenchError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -27,11 +27,12 @@ import gc
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ferrotune.bench import measure, table
+from ferrotune.bench.cases import Case, Result
 from ferrotune.bench.measure import BenchError
 
 CPU_HEADLINE = {"n": 4096, "hidden": 256, "vocab": 151936, "dtype": "fp32"}
@@ -56,25 +57,6 @@ NEEDS = {"trl": ("trl.kernels", "trl"), "liger": ("liger_kernel", "liger-kernel"
 
 
 @dataclass(frozen=True)
-class Case:
-    """One contender on one op at one shape (JSON-able: it travels to the child process)."""
-
-    op: str
-    contender: str
-    n: int  # tokens, B * T
-    hidden: int
-    vocab: int
-    dtype: str
-    device: str
-    seq_len: int  # T (B = n / T)
-    ignored: float  # share of labels set to IGNORE
-    temperature: float
-    warmup: int  # extra runs after the measured-memory run, before timing
-    repeats: int
-    check: bool  # also run hf in the same process and compare outputs and gradients
-
-
-@dataclass(frozen=True)
 class Settings:
     """What ``ferrotune bench kernels`` measures (its options, by name); ``None``: the device's
     default."""
@@ -94,21 +76,6 @@ class Settings:
     full: bool = False  # every contender, N = 512..4096 x V = 32000, 151936, 3 repeats
     cpu: bool = False  # the CPU path even where CUDA is
     no_check: bool = False  # skip comparing ferrotune with hf on the same inputs
-
-
-@dataclass
-class Result:
-    """What one case measured (JSON-able: it comes back from the child process)."""
-
-    case: dict[str, Any]
-    fwd_ms: float = math.nan
-    fwd_bwd_ms: float = math.nan
-    peak_mib: float = math.nan  # beyond inputs, gradients included
-    grad_mib: float = math.nan  # the input gradients alone
-    output: list[float] = field(default_factory=list)  # [loss] or [mean log p, mean entropy]
-    read_ms: float = math.nan  # token_logprobs: one read of the logits (amax)
-    check: dict[str, float] = field(default_factory=dict)  # max |ours - hf| per output/gradient
-    error: str = ""
 
 
 # --------------------------------------------------------------------------- one case

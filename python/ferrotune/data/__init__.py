@@ -1,21 +1,22 @@
 """Data preparation and reading: the Python face of the Rust data engine.
 
 ``render_chat_template`` renders a conversation as transformers' ``apply_chat_template`` does.
-``prep_pt`` and ``prep_sft`` write a folder of Arrow shards that ``datasets.load_from_disk``
-reads as is;
-``ShardDataset`` reads such a folder memory-mapped, as a ``torch.utils.data.Dataset``.
-``ShardDataset`` is imported on first use, so the CLI's prep commands start without torch.
+``prep_pt``, ``prep_sft``, ``prep_rm``, ``prep_dpo`` and ``prep_ppo`` write a folder of Arrow
+shards that ``datasets.load_from_disk`` reads as is; ``read_manifest`` reads its manifest.
+``ShardDataset`` reads such a folder memory-mapped, as a ``torch.utils.data.Dataset``; it is
+imported on first use, so the CLI's prep commands start without torch.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ferrotune.data.manifest import read_manifest
 from ferrotune.data.prep import prep_dpo, prep_ppo, prep_pt, prep_rm, prep_sft
 from ferrotune.data.template import builtin_templates, render_chat_template
 
 if TYPE_CHECKING:
-    from ferrotune.data.shards import ShardDataset, read_manifest
+    from ferrotune.data.shards import ShardDataset
 
 __all__ = [
     "ShardDataset",
@@ -31,8 +32,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ShardDataset", "read_manifest"):
-        from ferrotune.data import shards
+    if name == "ShardDataset":
+        from ferrotune.data.shards import ShardDataset
 
-        return getattr(shards, name)
+        return ShardDataset
     raise AttributeError(f"module 'ferrotune.data' has no attribute {name!r}")

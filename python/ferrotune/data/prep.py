@@ -7,8 +7,10 @@ for conversations without one), ``max_length``, ``overlong`` (``"truncate"`` or 
 ``same_role`` (``"reject"`` or ``"merge"`` two turns of one role in a row), ``format`` (record
 layout: ``"auto"`` or ``sharegpt``, ``openai``, ``alpaca``, ``medicalgpt_preference``,
 ``legacy_preference``, ``trl_preference``, ``prompt``), ``workers``, ``skip_bad``,
-``overwrite``, ``quiet``, ``num_shards``, ``shard_index``, ``shard_size``. Unknown keywords are
-refused by name (:class:`ferrotune.errors.ConfigError`).
+``overwrite``, ``quiet``, ``num_shards``, ``shard_index``, ``shard_size`` and ``engine``
+(``"auto"``: the fast encoder where it is proven identical to the reference, the reference
+elsewhere; ``"fast"``; ``"reference"``: HF ``tokenizers`` 0.23 for every text). Unknown keywords
+are refused by name (:class:`ferrotune.errors.ConfigError`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ PathLike = str | os.PathLike[str]
 # The keyword options every conversation stage takes besides its own (this module's docstring).
 CHAT_OPTIONS = ("template", "system", "max_length", "overlong", "same_role", "format",
                 "workers", "skip_bad", "overwrite", "quiet", "num_shards", "shard_index",
-                "shard_size")  # fmt: skip
+                "shard_size", "engine")  # fmt: skip
 
 
 def _as_list(inputs: PathLike | Sequence[PathLike]) -> list[str]:
@@ -53,6 +55,7 @@ def prep_pt(
     shard_index: int = 0,
     shard_size: str | int = "500MB",
     input_format: Literal["txt", "jsonl", "json", "parquet"] | None = None,
+    engine: Literal["auto", "fast", "reference"] = "auto",
 ) -> dict[str, Any]:
     """Tokenizes a pretraining corpus and packs it into ``block_size`` blocks under ``out``.
 
@@ -64,6 +67,11 @@ def prep_pt(
     Each document is encoded as ``transformers``' ``tokenizer(text)`` would, followed by EOS
     (unless ``eos=False``), concatenated and cut into blocks; ``position_ids`` restart at each
     document and each block. The last partial block is padded (labels -100) or dropped.
+
+    ``engine`` picks the encoder: ``"auto"`` (the fast encoder where it is proven identical to
+    the reference, the reference elsewhere), ``"fast"``, or ``"reference"`` (HF ``tokenizers``
+    0.23 for every document); the ids are the reference's whichever runs, and the manifest
+    records the choice.
 
     The folder appears atomically when the run succeeds. A bad record raises
     :class:`ferrotune.errors.DataError` naming file, line and field, unless ``skip_bad``, which
@@ -89,6 +97,7 @@ def prep_pt(
         shard_index=shard_index,
         shard_size=str(shard_size),
         input_format=input_format,
+        engine=engine,
     )
     return json.loads(manifest)
 

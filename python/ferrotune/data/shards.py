@@ -8,7 +8,6 @@ Each row comes back as a dict of tensors, ready for a collator.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
+from ferrotune.data.manifest import read_manifest
 from ferrotune.errors import DataError
 
-__all__ = ["ShardDataset", "read_manifest"]
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``manifest.json`` of an output folder; a clear error if the folder is not one."""
-    manifest_path = Path(path) / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{path}: not a ferrotune output folder (no manifest.json)", path=str(path))
-    with manifest_path.open(encoding="utf-8") as handle:
-        return json.load(handle)
+__all__ = ["ShardDataset"]
 
 
 class _Column:

@@ -1,18 +1,22 @@
-"""``ferrotune train pt|sft``: the command line of the trainers."""
+"""``ferrotune train pt|sft|rm|dpo|ppo``: the command line of the trainers.
+
+The parser needs only the stage names (``ferrotune.stages``); the trainers, torch and
+transformers are imported when a stage runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ferrotune.stages import STAGES
+
 
 def add_parser(commands: Any) -> None:
     """Adds ``train`` to the top-level ``ferrotune`` subparsers."""
-    from ferrotune.train.run import CONFIGS
-
     train = commands.add_parser("train", help="train a stage on prepped shards")
     stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage in CONFIGS:
+    for stage in STAGES:
         parser = stages.add_parser(
             stage,
             help=f"train {stage.upper()} on `ferrotune prep {stage}` shards",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import transformers
 
-from ferrotune.data.shards import ShardDataset, read_manifest
+from ferrotune.data.manifest import read_manifest
+from ferrotune.data.shards import ShardDataset
 from ferrotune.errors import ConfigError
 from ferrotune.train.base import FerrotuneTrainer
 from ferrotune.train.causal_lm import CausalLMTrainer, check_plain_lm_head
@@ -27,6 +28,7 @@ from ferrotune.train.models import load_causal_lm, load_reward_model
 from ferrotune.train.plots import LossPlot
 from ferrotune.train.reward import PairCollator, RewardTrainer
 
+# One config class per stage of ferrotune.stages.STAGES, in that order (a test checks it).
 CONFIGS: dict[str, type[TrainConfig]] = {
     "pt": PtConfig,
     "sft": SftConfig,

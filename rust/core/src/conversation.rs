@@ -1,4 +1,4 @@
-//! Conversation and preference records: every input layout (DESIGN §3) normalised into one shape,
+//! Conversation and preference records: every input layout (docs/architecture.md §3) normalised into one shape,
 //! OpenAI-style messages, which is what chat templates render.
 //!
 //! Layouts, detected from a record's keys (or forced):

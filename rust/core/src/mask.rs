@@ -1,6 +1,6 @@
 //! Which bytes of a rendered conversation the model learns: the assistant answers.
 //!
-//! Four ways, tried in order (DESIGN §4):
+//! Four ways, tried in order (docs/architecture.md §5):
 //! 1. `{% generation %}` blocks, where the template has them: exactly what transformers'
 //!    `return_assistant_tokens_mask` uses.
 //! 2. Placeholders: render once more with a unique private-use placeholder in place of each
