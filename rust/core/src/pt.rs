@@ -365,7 +365,7 @@ impl BlockSink for BlockBatcher {
         self.rows += 1;
         self.real_tokens += real as u64;
         self.padding += pad as u64;
-        if self.rows % self.batch_rows as u64 == 0 {
+        if self.rows.is_multiple_of(self.batch_rows as u64) {
             self.flush()?;
         }
         Ok(())

@@ -1,19 +1,17 @@
 //! Loading a HuggingFace tokenizer (`tokenizer.json`, plus `tokenizer_config.json` for the
-//! special tokens) and encoding documents exactly as Python `transformers` does.
-//!
-//! `transformers`' fast tokenizers switch off any truncation or padding stored in
-//! `tokenizer.json` before encoding, so we do too: otherwise a corpus tokenized here could be cut
-//! at a length nobody asked for.
+//! special tokens and the chat template): the facts the manifest records, and the [`Engines`]
+//! that encode exactly as Python `transformers` does.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
-use tokenizers::Tokenizer;
+use sha2::{Digest, Sha256};
 
-use crate::encoder::{Encoder, EngineChoice, IdsAndOffsets};
+use crate::encoder::{Encoder, EngineChoice, Engines};
 use crate::error::{CoreError, Result};
-use crate::reader::sha256_file;
+use crate::reader::hex;
+use crate::vocabulary::Vocabulary;
 
 /// A special token and its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,10 +22,10 @@ pub struct SpecialToken {
 
 /// A tokenizer ready to encode, with the facts the manifest records.
 pub struct LoadedTokenizer {
-    /// HF `tokenizers` 0.23: the reference engine, and the source of vocabulary facts.
-    reference: ReferenceEncoder,
-    /// The `--engine` asked for.
-    engine: EngineChoice,
+    /// The engines behind [`LoadedTokenizer::encoder`].
+    engines: Engines,
+    /// Special added tokens, longest first.
+    special_tokens: Vec<String>,
     pub info: TokenizerInfo,
     /// `tokenizer_config.json`, when there is one (chat template, special tokens).
     pub config: Option<Value>,
@@ -85,12 +83,16 @@ impl LoadedTokenizer {
         } else {
             return Err(bad("no such file or folder".into()));
         };
-        let mut tokenizer = Tokenizer::from_file(&json_path)
+        let bytes = std::fs::read(&json_path).map_err(|e| CoreError::io(&json_path, e))?;
+        let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            bad(format!(
+                "not a HuggingFace tokenizer.json: malformed JSON: {e}"
+            ))
+        })?;
+        let vocabulary = Vocabulary::from_json(&json)
             .map_err(|e| bad(format!("not a HuggingFace tokenizer.json: {e}")))?;
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| bad(format!("cannot disable truncation: {e}")))?;
-        tokenizer.with_padding(None);
+        let engines = Engines::load(engine, &json, &vocabulary, &json_path)?;
+        drop(json);
 
         let config = if config_path.is_file() {
             let text = std::fs::read_to_string(&config_path)
@@ -107,7 +109,7 @@ impl LoadedTokenizer {
             let Some(name) = config.as_ref().and_then(|c| token_name(c.get(key)?)) else {
                 return Ok(None);
             };
-            match tokenizer.token_to_id(&name) {
+            match vocabulary.token_to_id(&name) {
                 Some(id) => Ok(Some(SpecialToken { token: name, id })),
                 None => Err(CoreError::Tokenizer {
                     path: config_path.clone(),
@@ -118,7 +120,7 @@ impl LoadedTokenizer {
         let bos = special("bos_token")?;
         let pad = special("pad_token")?;
         let (eos, eos_source) = if let Some(name) = eos_override {
-            let id = tokenizer
+            let id = vocabulary
                 .token_to_id(name)
                 .ok_or_else(|| bad(format!("eos token '{name}' is not in the vocabulary")))?;
             let token = SpecialToken {
@@ -130,7 +132,7 @@ impl LoadedTokenizer {
             (Some(token), "tokenizer_config.json")
         } else {
             let guess = EOS_GUESSES.iter().find_map(|name| {
-                tokenizer.token_to_id(name).map(|id| SpecialToken {
+                vocabulary.token_to_id(name).map(|id| SpecialToken {
                     token: name.to_string(),
                     id,
                 })
@@ -138,16 +140,13 @@ impl LoadedTokenizer {
             (guess, "guessed")
         };
         let post_processor_adds_eos = match &eos {
-            Some(eos) => tokenizer
-                .encode_fast("a", true)
-                .map(|enc| enc.get_ids().last() == Some(&eos.id))
-                .unwrap_or(false),
+            Some(eos) => engines.probe("a")?.last() == Some(&eos.id),
             None => false,
         };
         let info = TokenizerInfo {
-            sha256: sha256_file(&json_path)?,
+            sha256: hex(&Sha256::digest(&bytes)),
             path: json_path,
-            vocab_size: tokenizer.get_vocab_size(true),
+            vocab_size: vocabulary.size(),
             bos,
             eos,
             pad,
@@ -158,13 +157,9 @@ impl LoadedTokenizer {
             .path
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let reference = ReferenceEncoder {
-            tokenizer,
-            path: info.path.clone(),
-        };
         Ok(LoadedTokenizer {
-            reference,
-            engine,
+            engines,
+            special_tokens: vocabulary.special_tokens(),
             info,
             config,
             dir,
@@ -173,16 +168,13 @@ impl LoadedTokenizer {
 
     /// The encoder every stage calls.
     pub fn encoder(&self) -> &dyn Encoder {
-        &self.reference
+        &self.engines
     }
 
     /// What the manifest records of the engines: which was asked for, which ran, their
     /// versions, and how many texts each encoded.
     pub fn engine_report(&self) -> Value {
-        serde_json::json!({
-            "requested": self.engine.name(),
-            "reference": REFERENCE_VERSION,
-        })
+        self.engines.report()
     }
 
     /// The special tokens `transformers` passes to chat templates (`special_tokens_map`):
@@ -218,16 +210,7 @@ impl LoadedTokenizer {
 
     /// Every special added token's text, longest first (end-of-turn candidates for masks).
     pub fn special_token_strings(&self) -> Vec<String> {
-        let mut tokens: Vec<String> = self
-            .reference
-            .tokenizer
-            .get_added_tokens_decoder()
-            .into_values()
-            .filter(|token| token.special)
-            .map(|token| token.content)
-            .collect();
-        tokens.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        tokens
+        self.special_tokens.clone()
     }
 
     /// The tokenizer's own chat template: `chat_template` of `tokenizer_config.json` (a string,
@@ -253,43 +236,6 @@ impl LoadedTokenizer {
             return Ok(Some((source, file.display().to_string())));
         }
         Ok(None)
-    }
-}
-
-/// The reference engine's crate and version (pinned in `rust/core/Cargo.toml`).
-pub const REFERENCE_VERSION: &str = "tokenizers 0.23.2";
-
-/// HF `tokenizers` 0.23, the reference engine: ids equal to `transformers`' by construction.
-pub struct ReferenceEncoder {
-    tokenizer: Tokenizer,
-    /// The `tokenizer.json` it came from, for errors.
-    path: PathBuf,
-}
-
-impl ReferenceEncoder {
-    fn failed(&self, error: tokenizers::Error) -> CoreError {
-        CoreError::Tokenizer {
-            path: self.path.clone(),
-            message: format!("encoding failed: {error}"),
-        }
-    }
-}
-
-impl Encoder for ReferenceEncoder {
-    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, add_special_tokens)
-            .map_err(|e| self.failed(e))?;
-        Ok(encoding.get_ids().to_vec())
-    }
-
-    fn encode_with_offsets(&self, text: &str) -> Result<IdsAndOffsets> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| self.failed(e))?;
-        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 }
 

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
-use ferrotune_core::encoder::EngineChoice;
+use ferrotune_core::encoder::{EngineChoice, IdsAndOffsets};
 use ferrotune_core::input::Format;
 use ferrotune_core::pack::LastBlock;
 use ferrotune_core::ppo::prep_ppo;
 use ferrotune_core::preference::{prep_pairs, Kind};
 use ferrotune_core::reader::DocSep;
 use ferrotune_core::shard::parse_size;
+use ferrotune_core::tokenizer::LoadedTokenizer;
 use ferrotune_core::{
     ChatOptions, ChatTemplate, CommonOptions, CoreError, EmptyPolicy, PtOptions, RenderOptions,
 };
@@ -310,8 +311,72 @@ fn render_chat_template(
     Ok((rendered.text, spans))
 }
 
+/// A HF tokenizer as the data engine loads it, encoding through the engines `--engine` picks
+/// (`auto`: the fast engine where it is proven exact, the reference elsewhere). Offsets are
+/// character offsets, as Python indexes `str`.
+#[pyclass(frozen, name = "Tokenizer", module = "ferrotune._native")]
+struct PyTokenizer {
+    inner: LoadedTokenizer,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[new]
+    #[pyo3(signature = (path, *, engine="auto"))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, engine: &str) -> PyResult<Self> {
+        let load = || -> Result<LoadedTokenizer, CoreError> {
+            LoadedTokenizer::load(&path, None, EngineChoice::parse(engine)?)
+        };
+        let inner = py.detach(load).map_err(|e| to_py_err(py, e))?;
+        Ok(PyTokenizer { inner })
+    }
+
+    /// The ids of each text; with `add_special_tokens`, those the post-processor adds.
+    #[pyo3(signature = (texts, *, add_special_tokens=true))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        add_special_tokens: bool,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let encoder = self.inner.encoder();
+        py.detach(|| {
+            texts
+                .iter()
+                .map(|text| encoder.encode(text, add_special_tokens))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| to_py_err(py, e))
+    }
+
+    /// The ids and character offsets of each text, no special tokens added.
+    fn encode_batch_with_offsets(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+    ) -> PyResult<Vec<IdsAndOffsets>> {
+        let encoder = self.inner.encoder();
+        py.detach(|| {
+            texts
+                .iter()
+                .map(|text| {
+                    let (ids, offsets) = encoder.encode_with_offsets(text)?;
+                    Ok((ids, char_offsets(text, &offsets)))
+                })
+                .collect::<Result<Vec<_>, CoreError>>()
+        })
+        .map_err(|e| to_py_err(py, e))
+    }
+
+    /// Which engines ran and how many texts each encoded, as the manifest records it (JSON).
+    fn engine_report(&self) -> String {
+        self.inner.engine_report().to_string()
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
     m.add_function(wrap_pyfunction!(prep_chat, m)?)?;
