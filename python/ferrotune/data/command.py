@@ -181,6 +181,7 @@ def summarize_pt(manifest: dict[str, Any], out: str) -> str:
         f"{tail}",
         f"  time     {elapsed:.2f} s, {rate / 1e6:.2f} M tokens/s "
         f"with {manifest['options']['workers']} worker(s)",
+        _profile_line(manifest),
     ]
     if counts["other_shards"]:
         lines.insert(
@@ -327,4 +328,18 @@ def summarize_chat(manifest: dict[str, Any], out: str) -> str:
         lines.append(f"  tokens   {tokens['written']:,}; {detail}")
     lines.append(f"  template {template['name']}")
     lines.append(f"  time     {manifest['elapsed_seconds']:.2f} s")
+    lines.append(_profile_line(manifest))
     return "\n".join(lines)
+
+
+def _profile_line(manifest: dict[str, Any]) -> str:
+    """Where the time went: the tokenizer's load, then each part's busy seconds (they overlap;
+    the workers' are summed); and which engine encoded how many texts."""
+    t = manifest["timings"]
+    engine = manifest["engine"]
+    texts = engine["texts"]
+    return (
+        f"  profile  tokenizer {t['tokenizer']:.2f} s; busy s: read {t['read']:.2f}, "
+        f"encode {t['process']:.2f}, write {t['write']:.2f}; --engine {engine['requested']}: "
+        f"{texts['fast']:,} texts fast, {texts['reference']:,} reference"
+    )

@@ -94,14 +94,15 @@ pub struct Engines {
 }
 
 impl Engines {
-    /// The engines `choice` calls for on the tokenizer at `path`, parsed as `json`.
+    /// The engines `choice` calls for on the tokenizer at `path`, parsed as `json` (which the
+    /// fast engine consumes).
     pub fn load(
         choice: EngineChoice,
-        json: &Value,
+        json: Value,
         vocabulary: &Vocabulary,
         path: &Path,
     ) -> Result<Engines> {
-        let support = support::check(json, vocabulary);
+        let support = support::check(&json, vocabulary);
         let proven = support.as_ref().map(|_| ()).map_err(Clone::clone);
         let token_bytes = |offsets: bool| offsets.then(|| vocabulary.byte_level_lengths());
         let fast = match (choice, &support) {

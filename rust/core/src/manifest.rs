@@ -97,8 +97,24 @@ pub struct Manifest {
     pub shards: Vec<ShardInfo>,
     /// Stage-specific extras (PT: blocks and the last block's fate).
     pub stage_info: Value,
-    /// Wall time of the run (the one field that differs between identical runs).
+    /// Where the time went (like `elapsed_seconds`, it differs between identical runs).
+    pub timings: Timings,
+    /// Wall time of the run. With `timings`, the only fields that differ between identical runs.
     pub elapsed_seconds: f64,
+}
+
+/// Seconds each part of a run spent working. The reader, the workers and the writer run at
+/// once, so these overlap; `process` is summed over the workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    /// Loading the tokenizer and its engines.
+    pub tokenizer: f64,
+    /// Reading, hashing and splitting the input.
+    pub read: f64,
+    /// Parsing, rendering and encoding records, summed over the workers.
+    pub process: f64,
+    /// Packing rows and writing shards.
+    pub write: f64,
 }
 
 /// A column of the shards.

@@ -17,9 +17,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{CoreError, RecordError, Result};
@@ -123,6 +125,19 @@ pub struct Totals {
     pub counts: Counts,
     /// One per input file, in order.
     pub summaries: Vec<FileSummary>,
+    pub busy: Busy,
+}
+
+/// Seconds each part of the pipeline spent working (not waiting on a channel): where a run's
+/// time went, for the manifest and the summary line.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Busy {
+    /// The reader: reading, hashing and splitting the input into records.
+    pub read: f64,
+    /// The workers, summed: parsing, rendering and encoding records.
+    pub process: f64,
+    /// The consumer: packing rows and writing shards.
+    pub write: f64,
 }
 
 /// Raw bytes per chunk, and records per chunk: large enough to amortise channel traffic, small
@@ -163,15 +178,28 @@ pub fn run<S: Stage>(
     let (work_tx, work_rx) = bounded::<Chunk<S::Row>>(2 * workers);
     let (done_tx, done_rx) = bounded::<Chunk<S::Row>>(2 * workers);
     let stop = AtomicBool::new(false);
+    let read_nanos = AtomicU64::new(0);
+    let process_nanos = AtomicU64::new(0);
+    let mut write_time = Duration::ZERO;
     let mut counts = Counts::default();
     let mut summaries: Vec<Option<FileSummary>> = vec![None; source.files.len()];
 
     std::thread::scope(|scope| -> Result<()> {
-        let stop = &stop;
-        scope.spawn(move || read_all(source, work_tx, stop));
+        let (stop, read_nanos, process_nanos) = (&stop, &read_nanos, &process_nanos);
+        scope.spawn(move || {
+            let started = Instant::now();
+            let waited = read_all(source, work_tx, stop);
+            read_nanos.store(
+                nanos(started.elapsed().saturating_sub(waited)),
+                Ordering::Relaxed,
+            );
+        });
         for _ in 0..workers {
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
-            scope.spawn(move || process_chunks(stage, source.files, work_rx, done_tx));
+            scope.spawn(move || {
+                let busy = process_chunks(stage, source.files, work_rx, done_tx);
+                process_nanos.fetch_add(nanos(busy), Ordering::Relaxed);
+            });
         }
         drop(work_rx);
         drop(done_tx);
@@ -198,7 +226,9 @@ pub fn run<S: Stage>(
                                 match outcome {
                                     Outcome::Row(row) => {
                                         counts.written += 1;
+                                        let started = Instant::now();
                                         tokens += consume(row)?;
+                                        write_time += started.elapsed();
                                     }
                                     Outcome::Empty(record) => match policy.empty {
                                         EmptyPolicy::Skip => counts.empty += 1,
@@ -247,11 +277,27 @@ pub fn run<S: Stage>(
     // `other_shards` gathered every file's record count; keep only the others' share.
     counts.other_shards -= counts.read;
     debug_assert!(counts.adds_up());
-    Ok(Totals { counts, summaries })
+    let seconds = |nanos: &AtomicU64| nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let busy = Busy {
+        read: seconds(&read_nanos),
+        process: seconds(&process_nanos),
+        write: write_time.as_secs_f64(),
+    };
+    Ok(Totals {
+        counts,
+        summaries,
+        busy,
+    })
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The reader thread: walks the files in order and sends chunks of this run's raw records.
-fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
+/// Returns the time it spent waiting for the workers to take a chunk.
+fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) -> Duration {
+    let waited = std::cell::Cell::new(Duration::ZERO);
     let mut seq = 0u64;
     let mut items: Vec<Item<R>> = Vec::with_capacity(CHUNK_RECORDS);
     let mut chunk_bytes = 0usize;
@@ -265,7 +311,10 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
             payload,
         };
         *seq += 1;
-        !stop.load(Ordering::Relaxed) && tx.send(chunk).is_ok()
+        let started = Instant::now();
+        let sent = !stop.load(Ordering::Relaxed) && tx.send(chunk).is_ok();
+        waited.set(waited.get() + started.elapsed());
+        sent
     };
     for (index, file) in source.files.iter().enumerate() {
         let mut visit = |record: RawRecord, consumed: u64| -> Result<Flow> {
@@ -291,7 +340,7 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
         };
         match read_file(file, &source.read, &mut visit) {
             Ok(Some(summary)) => items.push(Item::FileDone(index, summary)),
-            Ok(None) => return,
+            Ok(None) => return waited.get(),
             Err(error) => {
                 // Hand over what came before the failure first, so its records are still
                 // processed (and an earlier bad record still reported first).
@@ -299,22 +348,26 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
                 if send(&mut seq, Payload::Items(before), bytes_read) {
                     send(&mut seq, Payload::Failed(error), bytes_read);
                 }
-                return;
+                return waited.get();
             }
         }
         bytes_before += file.bytes;
     }
     send(&mut seq, Payload::Items(items), bytes_before);
+    waited.get()
 }
 
-/// A worker thread: runs the stage on each raw record of each chunk.
+/// A worker thread: runs the stage on each raw record of each chunk. Returns the time it
+/// spent working.
 fn process_chunks<S: Stage>(
     stage: &S,
     files: &[InputFile],
     rx: Receiver<Chunk<S::Row>>,
     tx: Sender<Chunk<S::Row>>,
-) {
+) -> Duration {
+    let mut busy = Duration::ZERO;
     for mut chunk in rx.iter() {
+        let started = Instant::now();
         if let Payload::Items(items) = chunk.payload {
             let mut done = Vec::with_capacity(items.len());
             let mut failure = None;
@@ -335,10 +388,12 @@ fn process_chunks<S: Stage>(
                 None => Payload::Items(done),
             };
         }
+        busy += started.elapsed();
         if tx.send(chunk).is_err() {
-            return;
+            break;
         }
     }
+    busy
 }
 
 /// Bad records: an error, or with `--skip-bad` a line in `rejects.jsonl` and a count.

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::encoder::EngineChoice;
 use crate::error::{CoreError, Result};
 use crate::input::{resolve_inputs, Format, InputFile};
-use crate::manifest::{input_entries, Manifest, FORMAT_VERSION};
+use crate::manifest::{input_entries, Manifest, Timings, FORMAT_VERSION};
 use crate::output::{publish, Staging};
 use crate::pipeline::{self, EmptyPolicy, Policy, Rejects, Source, Stage, Totals};
 use crate::progress::Progress;
@@ -97,6 +97,8 @@ pub struct StageRun {
     files: Vec<InputFile>,
     staging: Staging,
     started: Instant,
+    /// Seconds loading the tokenizer and its engines took.
+    load_seconds: f64,
 }
 
 /// What [`StageRun::run`] found besides the rows it handed on.
@@ -136,6 +138,7 @@ impl StageRun {
         let started = Instant::now();
         common.validate()?;
         let tokenizer = LoadedTokenizer::load(&common.tokenizer, eos_override, common.engine)?;
+        let load_seconds = started.elapsed().as_secs_f64();
         let files = resolve_inputs(&common.inputs, format)?;
         if let Some(file) = files.iter().find(|f| !accepts.contains(&f.format)) {
             let names: Vec<String> = accepts.iter().map(|f| format!(".{}", f.name())).collect();
@@ -151,6 +154,7 @@ impl StageRun {
             files,
             staging,
             started,
+            load_seconds,
         })
     }
 
@@ -214,6 +218,13 @@ impl StageRun {
         }
         let mut stage_info = report.stage_info;
         stage_info["rejects_file"] = json!(ran.rejects_file);
+        let busy = ran.totals.busy;
+        let timings = Timings {
+            tokenizer: self.load_seconds,
+            read: busy.read,
+            process: busy.process,
+            write: busy.write,
+        };
         let manifest = Manifest {
             format: "ferrotune.shards",
             format_version: FORMAT_VERSION,
@@ -230,6 +241,7 @@ impl StageRun {
             rows: written.rows,
             shards: written.shards,
             stage_info,
+            timings,
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
         };
         let description = format!("ferrotune {} data (see manifest.json)", self.stage);

@@ -91,8 +91,7 @@ impl LoadedTokenizer {
         })?;
         let vocabulary = Vocabulary::from_json(&json)
             .map_err(|e| bad(format!("not a HuggingFace tokenizer.json: {e}")))?;
-        let engines = Engines::load(engine, &json, &vocabulary, &json_path)?;
-        drop(json);
+        let engines = Engines::load(engine, json, &vocabulary, &json_path)?;
 
         let config = if config_path.is_file() {
             let text = std::fs::read_to_string(&config_path)

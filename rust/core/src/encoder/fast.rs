@@ -34,16 +34,21 @@ thread_local! {
 }
 
 impl FastEncoder {
-    /// Builds the engine from the parsed `tokenizer.json` (converted to the 1.0 format first).
-    /// `token_bytes`: bytes per id, when offsets can be derived.
-    pub fn load(json: &Value, token_bytes: Option<Vec<u32>>, path: &Path) -> Result<FastEncoder> {
+    /// Builds the engine from the parsed `tokenizer.json`, which it converts to the 1.0 format
+    /// in place (and drops: the engine parses its own copy). `token_bytes`: bytes per id, when
+    /// offsets can be derived.
+    pub fn load(
+        mut json: Value,
+        token_bytes: Option<Vec<u32>>,
+        path: &Path,
+    ) -> Result<FastEncoder> {
         let failed = |message: String| CoreError::Tokenizer {
             path: path.to_path_buf(),
             message: format!("{VERSION} cannot load it: {message}"),
         };
-        let mut canonical = json.clone();
-        tokenizers_fast::canonicalize_value(&mut canonical).map_err(|e| failed(e.to_string()))?;
-        let text = serde_json::to_string(&canonical).map_err(|e| failed(e.to_string()))?;
+        tokenizers_fast::canonicalize_value(&mut json).map_err(|e| failed(e.to_string()))?;
+        let text = serde_json::to_string(&json).map_err(|e| failed(e.to_string()))?;
+        drop(json);
         let tokenizer = tokenizers_fast::from_json(&text).map_err(|e| failed(e.to_string()))?;
         Ok(FastEncoder {
             tokenizer,
