@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from ferrotune.bench import measure
+from ferrotune.bench import envs, measure, prep
 from ferrotune.bench.table import CSV_COLUMNS
 from ferrotune.cli import main
 
@@ -67,7 +67,20 @@ def test_kernels_quick_prints_and_writes_ours_against_hf(tmp_path, capsys):
     assert_real_png(tmp_path / "kernels.png")
 
 
-def test_prep_pt_quick_on_the_examples_agrees_with_tokenizers_and_datasets(
+def assert_fixed_costs(rows: list[dict[str, str]], stage: str) -> None:
+    """`ferrotune --version` and the command on one record, each engine: ours alone, timed."""
+    fixed = {r["benchmark"] for r in rows if r["benchmark"].startswith("fixed cost: ")}
+    assert fixed >= {
+        "fixed cost: ferrotune --version",
+        f"fixed cost: ferrotune prep {stage} --engine auto, 1 record",
+        f"fixed cost: ferrotune prep {stage} --engine reference, 1 record",
+    }
+    for row in rows:
+        if row["benchmark"] in fixed:
+            assert row["vs"] == "-" and row["baseline"] == "" and float(row["ours"]) > 0, row
+
+
+def test_prep_pt_quick_on_the_examples_agrees_with_every_contender(
     tmp_path, capsys, example_tokenizer
 ):
     args = ["bench", "prep", "pt", "--quick", "--input", str(REPO / "examples" / "pt")]
@@ -76,17 +89,79 @@ def test_prep_pt_quick_on_the_examples_agrees_with_tokenizers_and_datasets(
     printed = capsys.readouterr().out
     assert_table(printed)
     assert "tokens agree" in printed
+    assert "the bare engines (tokenizers-1.0, encode_batch_fast," in printed  # what time means
     rows = read_csv(tmp_path / "prep_pt.csv")
-    assert {(r["vs"], r["metric"]) for r in rows} == {
-        (vs, metric) for vs in ("encode_batch_fast", "datasets") for metric in ("time", "peak RSS")
+    assert_fixed_costs(rows, "pt")
+    rows = [r for r in rows if not r["benchmark"].startswith("fixed cost: ")]
+    label = "prep pt examples 0.2 MB, 1 worker"
+    assert {r["benchmark"] for r in rows} == {
+        label,
+        f"{label} (ferrotune-cli)",
+        f"{label} (ferrotune-reference)",
+    }
+    tiktoken = measure.installed("tiktoken")
+    bare = ("encode_batch_fast", "tiktoken") if tiktoken else ("encode_batch_fast",)
+    expected = {
+        (vs, metric)
+        for vs in ("tokenizers-1.0", "encode_batch_fast", "tiktoken", "datasets")
+        for metric in ("time", "peak RSS")
+    }
+    expected |= {(vs, "time vs encode only") for vs in bare}
+    assert {(r["vs"], r["metric"]) for r in rows if r["benchmark"] != label} == expected
+    assert {(r["vs"], r["metric"]) for r in rows if r["benchmark"] == label} == expected | {
+        ("ferrotune-reference", "time"),
+        ("ferrotune-reference", "peak RSS"),
     }
     for row in rows:
-        assert row["benchmark"] == "prep pt 0.2 MB" and row["note"] == ""
-        assert_measured(row)
-        assert float(row["diff"]) == 0, "the same tokens on every side"
+        if row["vs"] == "tokenizers-1.0":  # its environment is made only with --setup-envs
+            assert row["note"].startswith("not set up: --setup-envs") and row["baseline"] == ""
+        elif row["vs"] == "tiktoken" and not tiktoken:
+            assert row["note"] == "not installed: tiktoken"
+        else:
+            assert row["note"] == ""
+            assert_measured(row)
+            assert float(row["diff"]) == 0, "the same tokens on every side"
+    assert not (tmp_path / "envs").exists()
     assert_real_png(tmp_path / "prep_pt.png")
     # The corpus is cached in the output folder, never written next to the examples.
-    assert list(tmp_path.glob("pt-corpus-*-0.2MB.txt"))
+    assert list(tmp_path.glob("pt-corpus-examples-*-0.2MB.txt"))
+
+
+def test_prep_pt_on_the_standard_library_at_two_worker_counts(tmp_path, capsys, example_tokenizer):
+    args = ["bench", "prep", "pt", "--quick", "--corpus", "stdlib", "--workers", "1,2"]
+    args += ["--only", "ferrotune,encode_batch_fast", "--tokenizer", str(example_tokenizer)]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "prep pt on stdlib: " in printed and " .py files under " in printed
+    assert "tokens agree" in printed  # across engines and worker counts
+    rows = read_csv(tmp_path / "prep_pt.csv")
+    assert {(r["benchmark"], r["vs"]) for r in rows} == {
+        (f"prep pt stdlib 0.2 MB, {w}", "encode_batch_fast") for w in ("1 worker", "2 workers")
+    }
+    for row in rows:
+        assert_measured(row)
+        assert float(row["diff"]) == 0
+    corpus = prep.stdlib_corpus()
+    assert list(corpus.files) == sorted(corpus.files) and len(corpus.files) > 500
+    assert all(p.suffix == ".py" and "site-packages" not in p.parts for p in corpus.files)
+    text = next(tmp_path.glob("pt-corpus-stdlib-*-0.2MB.txt")).read_bytes()
+    assert text.startswith(corpus.files[0].read_bytes()[:1000].replace(b"\r\n", b"\n"))
+
+
+def test_an_environment_that_cannot_be_made_gets_a_row_that_says_why(
+    tmp_path, capsys, example_tokenizer, monkeypatch
+):
+    def fail(where: Path, requirements: tuple[str, ...]) -> None:
+        raise measure.BenchError("pip install tokenizers==1.0.0rc3 failed:\nno network")
+
+    monkeypatch.setattr(envs, "create", fail)
+    args = ["bench", "prep", "pt", "--quick", "--only", "ferrotune,tokenizers-1.0"]
+    args += ["--setup-envs", "--input", str(REPO / "examples" / "pt")]
+    args += ["--tokenizer", str(example_tokenizer), "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "not installed: tokenizers-1.0.0rc3 env (no network)" in capsys.readouterr().out
+    rows = read_csv(tmp_path / "prep_pt.csv")
+    assert rows and all(r["note"].startswith("not installed: tokenizers-1.0.0rc3") for r in rows)
 
 
 def test_a_baseline_that_is_not_installed_gets_a_row_that_says_so(
@@ -124,17 +199,33 @@ def test_prep_sft_and_dpo_quick_on_the_examples_agree_with_hf_and_trl(
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "same template: tokens agree" in printed
+    assert "the tokenizer's own template: tokens agree" in printed
     assert "pairs agree" in printed and "tokens agree: prompt" in printed
     assert "first 50 pairs (rows 0-49): trl prompt_ids" in printed
+    assert "all 50 (ferrotune-cli, ferrotune, ferrotune-reference)" in printed
     rows = read_csv(tmp_path / "prep_sft_dpo.csv")
+    assert_fixed_costs(rows, "sft")
+    assert_fixed_costs(rows, "dpo")
+    rows = [r for r in rows if not r["benchmark"].startswith("fixed cost: ")]
+    sft, dpo = "prep sft examples 0.2 MB, 1 worker", "prep dpo examples 0.2 MB, 1 worker"
     assert {(r["benchmark"], r["vs"]) for r in rows} == {
-        ("prep sft 0.2 MB", "hf"),
-        ("prep sft 0.2 MB (ferrotune-trl-template)", "hf"),
-        ("prep dpo 0.2 MB", "trl"),
+        (sft, "hf"),
+        (sft, "ferrotune-reference"),
+        (f"{sft} (ferrotune-cli)", "hf"),
+        (f"{sft} (ferrotune-reference)", "hf"),
+        (f"{sft} (ferrotune-trl-template)", "hf"),
+        (dpo, "trl"),
+        (dpo, "ferrotune-reference"),
+        (f"{dpo} (ferrotune-cli)", "trl"),
+        (f"{dpo} (ferrotune-reference)", "trl"),
     }
     for row in rows:
         assert_measured(row)
-        if row["benchmark"] == "prep sft 0.2 MB":
+        if (
+            row["benchmark"].startswith(sft)
+            and row["vs"] == "hf"
+            and "trl-template" not in row["benchmark"]
+        ):
             assert row["diff"] == "", "different templates: tokens not comparable"
         else:
             assert float(row["diff"]) == 0, "the same template: the same tokens"

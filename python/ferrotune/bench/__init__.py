@@ -13,7 +13,9 @@ ratio and the difference of the outputs) and writes it as ``OUT/<name>.csv`` and
     the fused LM-head losses and log-probs against HF eager, TRL and Liger-Kernel (``cases``:
     what one case is and what it measured, shared by both);
 ``prep`` / ``prep_pt`` / ``prep_sft`` / ``prep_dpo``
-    data preparation against HF ``tokenizers``, ``datasets`` and TRL;
+    data preparation against HF ``tokenizers`` (0.2x and 1.0), ``tiktoken``, ``datasets`` and
+    TRL (``bare``: the bare tokenizer engines, a self-contained script that other virtual
+    environments' interpreters run; ``envs``: those environments);
 ``command``
     the ``ferrotune bench`` command line (and ``script_argv``, what the scripts in ``bench/``
     hand to ``ferrotune.cli.main``).

@@ -3,7 +3,8 @@
 A fresh interpreter per contender keeps its resident set and imports its own: the peak memory
 measured is the contender's, and no contender runs warm on another's imports or caches. The
 function, ``ferrotune.bench.<MODULE>.<FUNCTION>``, returns a JSON-able dict, printed after
-``RESULT_TAG`` as the last line for :func:`ferrotune.bench.measure.child_result`.
+``RESULT_TAG`` as the last line for :func:`ferrotune.bench.measure.child_result`, with the
+process's own peak resident bytes (``own_peak``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ferrotune.bench.bare import own_peak
 from ferrotune.bench.measure import RESULT_TAG
 
 
@@ -21,7 +23,7 @@ def main(argv: Sequence[str]) -> int:
     module, name = target.split(":")
     function = getattr(importlib.import_module(f"ferrotune.bench.{module}"), name)
     result = function(**json.loads(kwargs))
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    print(RESULT_TAG + json.dumps({**result, "own_peak": own_peak()}), flush=True)
     return 0
 
 

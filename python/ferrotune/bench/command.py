@@ -137,14 +137,16 @@ def _stage(name: str) -> str:
 def _add_prep(suites: Any) -> None:
     parser = suites.add_parser(
         "prep",
-        help="data preparation vs HF tokenizers, datasets and TRL",
+        help="data preparation vs HF tokenizers, tiktoken, datasets and TRL",
         description=(
-            "Seconds and peak memory of `ferrotune prep pt|sft|dpo` against the paths users run "
-            "today (pt: tokenizers encode_batch_fast and a datasets.map pipeline; sft: datasets "
-            "+ apply_chat_template; dpo: TRL's DPOTrainer preparation), on the same corpus "
-            "repeated to --size-mb, with the same tokenizer; each contender alone in its own "
-            "process. Without STAGE: every stage whose data is found. Exits 2 if contenders "
-            "disagree (counts, tokens), 1 if one failed."
+            "Seconds and peak memory of `ferrotune prep pt|sft|dpo` (the command end to end, "
+            "and the Python API with each tokenizer engine) against the paths users run today "
+            "(pt: bare tokenizers 1.0 and 0.2x, tiktoken, and a datasets.map pipeline; sft: "
+            "datasets + apply_chat_template; dpo: TRL's DPOTrainer preparation), on the same "
+            "corpora (pt: MedicalGPT's text, then CPython's standard library sources) repeated "
+            "to --size-mb, with the same tokenizer, at each --workers count; each contender "
+            "alone in its own process. Without STAGE: every stage whose data is found. Exits 2 "
+            "if contenders disagree (counts, tokens), 1 if one failed."
         ),
     )
     parser.add_argument("stages", nargs="*", type=_stage, metavar="STAGE", help="pt, sft, dpo")
@@ -153,7 +155,14 @@ def _add_prep(suites: Any) -> None:
         type=Path,
         help="the stage's records: a file, a folder of them, or a folder laid out as "
         "MedicalGPT's (pretrain/, sft/, reward/) or examples/ (pt/, sft/, pairs/) (default: "
-        "MedicalGPT beside the checkout, else examples/)",
+        "the --corpus corpora)",
+    )
+    parser.add_argument(
+        "--corpus",
+        type=name_list(lambda: prep.CORPORA),
+        help="named corpora, comma list: medicalgpt (beside the checkout), examples, stdlib "
+        "(CPython's standard library .py files, a line a document; pt only) (default: pt "
+        "medicalgpt,stdlib; sft and dpo medicalgpt; medicalgpt falls back to examples)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -163,7 +172,8 @@ def _add_prep(suites: Any) -> None:
     parser.add_argument(
         "--size-mb",
         type=number_list(float),
-        help="corpus sizes in MB, comma list (default pt 50, sft and dpo 20; --quick 0.2)",
+        help="corpus sizes in MB, comma list (default pt 50, stdlib its own ~30, sft and dpo "
+        "20; --quick 0.2)",
     )
     parser.add_argument(
         "--only", type=name_list(_contender_names), help="contenders to run, comma list"
@@ -175,9 +185,16 @@ def _add_prep(suites: Any) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
-        default=0,
-        help="ferrotune threads, datasets num_proc, RAYON_NUM_THREADS (default: one per CPU)",
+        type=number_list(int),
+        help="comma list, each a run of every contender: ferrotune threads, datasets "
+        "num_proc, tiktoken num_threads, RAYON_NUM_THREADS (default: one per CPU)",
+    )
+    parser.add_argument(
+        "--setup-envs",
+        action="store_true",
+        help="create the virtual environments of baselines that clash with this one "
+        "(tokenizers 1.0: OUT/envs/tokenizers-1.0.0rc3; pip, PyPI) if missing; without it, "
+        "their rows say 'not set up'",
     )
     _add_shared(parser)
     parser.set_defaults(run=_run_prep)

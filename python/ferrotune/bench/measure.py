@@ -10,8 +10,10 @@ One way to do each, shared by ``ferrotune bench kernels|prep`` and the scripts i
   nothing else has touched the allocator.
 - **A contender in a fresh interpreter**: :func:`run_child` runs ``MODULE:FUNCTION`` of this
   package through ``python -m ferrotune.bench.child``, which prints the function's JSON result
-  after :data:`RESULT_TAG`; :func:`run_measured` runs any command, sampling the resident memory
-  of it and all its descendants (``num_proc`` workers) every 50 ms, when ``psutil`` is there.
+  after :data:`RESULT_TAG` (or a function of the self-contained :mod:`ferrotune.bench.bare` as a
+  script, under any interpreter: another virtual environment's); :func:`run_measured` runs any
+  command, sampling the resident memory of it and all its descendants (``num_proc`` workers)
+  every 50 ms, when ``psutil`` is there.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ferrotune.bench.bare import RESULT_TAG  # defined there: it imports nothing of ferrotune
 from ferrotune.errors import FerrotuneError
 
-RESULT_TAG = "BENCH_RESULT "
 POLL_SECONDS = 0.05
 MIB = 1 << 20
 MB = 1_000_000
@@ -183,14 +185,30 @@ def child_result(stdout: str) -> dict[str, Any]:
 
 
 def run_child(
-    target: str, kwargs: dict[str, Any], env: dict[str, str] | None = None, poll: bool = True
+    target: str,
+    kwargs: dict[str, Any],
+    env: dict[str, str] | None = None,
+    poll: bool = True,
+    python: str | None = None,
 ) -> dict[str, Any]:
     """``ferrotune.bench.<MODULE>.<FUNCTION>(**kwargs)`` in a fresh interpreter.
 
     ``target`` is ``"MODULE:FUNCTION"``; ``kwargs`` and the result travel as JSON. Returns the
     result with ``wall`` (seconds, start-up and imports included) and ``peak`` (bytes, the tree
-    RSS; NaN with ``poll=False`` or without ``psutil``) added.
+    RSS sampled, at least the child's own peak; NaN with ``poll=False`` or without ``psutil``)
+    added. ``python``: the interpreter to
+    run ``bare.py`` under as a script (``-I``: its own environment's packages only, ferrotune's
+    not among them); ``target`` is then ``"bare:FUNCTION"``.
     """
-    cmd = [sys.executable, "-m", "ferrotune.bench.child", target, json.dumps(kwargs)]
+    if python is None:
+        cmd = [sys.executable, "-m", "ferrotune.bench.child", target, json.dumps(kwargs)]
+    else:
+        module, function = target.split(":")
+        if module != "bare":
+            raise BenchError(f"{target}: only ferrotune.bench.bare runs under another Python")
+        script = Path(__file__).with_name("bare.py")
+        cmd = [python, "-I", str(script), function, json.dumps(kwargs)]
     wall, peak, stdout = run_measured(cmd, env if env is not None else dict(os.environ), poll)
-    return {**child_result(stdout), "wall": wall, "peak": peak}
+    result = child_result(stdout)
+    own = result.pop("own_peak", 0)  # a child shorter than the samples: its own peak at least
+    return {**result, "wall": wall, "peak": max(peak, own) if peak == peak else peak}

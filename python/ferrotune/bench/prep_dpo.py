@@ -4,6 +4,9 @@
     ``ferrotune.data.prep_dpo`` (max length and max prompt length 4096, overlong dropped): Rust
     renders the tokenizer's own template for prompt, prompt + chosen and prompt + rejected and
     splits off the common prefix as the prompt.
+``ferrotune-cli`` / ``ferrotune-reference``
+    The same as ``ferrotune prep dpo ... --quiet``, timed end to end (interpreter start-up
+    included) / with ``engine="reference"`` (HF tokenizers 0.23).
 ``trl``
     What a TRL user runs: ``load_dataset("json")`` → ``map(to_preference, num_proc=N)`` into
     TRL's conversational preference format → ``trl.DPOTrainer(...)`` with
@@ -11,7 +14,7 @@
     (``_prepare_dataset``). The policy and reference are two random 1-layer Qwen2 models built
     outside the timing.
 
-Both render the same template, so pair counts and token totals must agree, and on a sample (the
+All render the same template, so pair counts and token totals must agree, and on a sample (the
 first 50 pairs and up to 20 distinct tool-call pairs) TRL's ``prompt_ids`` / ``chosen_ids`` /
 ``rejected_ids`` must equal ferrotune's ``prompt_input_ids`` and the answer parts of
 ``chosen_input_ids`` / ``rejected_input_ids``, token for token (compared by row position: the
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrotune.bench.prep import (
+    CLI,
     Contender,
     PrepRun,
     Stage,
@@ -37,6 +41,7 @@ from ferrotune.bench.prep import (
 from ferrotune.bench.prep_sft import MAX_LENGTH, to_messages
 
 BASELINE = "trl"
+OURS = ("ferrotune", "ferrotune-cli", "ferrotune-reference")
 CHECK_PAIRS = 50  # the first pairs compared token for token
 TOOL_PAIRS = 20  # at most this many distinct tool-call pairs compared as well
 ID_COLUMNS = ("prompt", "chosen", "rejected")
@@ -229,36 +234,36 @@ def check(runs: Sequence[PrepRun], extra: dict[str, Any]) -> bool:
         if "phases" in r.detail:
             p = r.detail["phases"]
             print(
-                f"{r.contender} seconds = tokenizer {p['tokenizer']:.2f} + load_dataset and "
+                f"{r.label} seconds = tokenizer {p['tokenizer']:.2f} + load_dataset and "
                 f"conversion map {p['load_convert']:.2f} + DPOTrainer(...) {p['trainer_init']:.2f} "
                 f"(of which _prepare_dataset {p['prepare_dataset']:.2f}); "
                 f"model creation, not timed: {p['models_not_timed']:.2f}"
             )
-    ok = agree("pairs", {r.contender: r.items for r in runs})
+    ok = agree("pairs", {r.label: r.items for r in runs})
     if not ok:
         for r in runs:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(r.detail["not_written"].items()))
-            print(f"  {r.contender} did not write: {reasons or 'nothing left out'}")
+            print(f"  {r.label} did not write: {reasons or 'nothing left out'}")
     tokens = {
-        r.contender: ", ".join(f"{n} {r.detail['tokens'][n]:,}" for n in ID_COLUMNS) for r in runs
+        r.label: ", ".join(f"{n} {r.detail['tokens'][n]:,}" for n in ID_COLUMNS) for r in runs
     }
     ok &= agree("tokens", tokens)
     return check_sample(runs, extra["sample"]) and ok
 
 
 def check_sample(runs: Sequence[PrepRun], rows: Sequence[int]) -> bool:
-    """Compares TRL's ids with ferrotune's on the sample rows; prints the result."""
-    by_name = {r.contender: r for r in runs}
-    ours, base = by_name.get("ferrotune"), by_name.get(BASELINE)
-    if ours is None or base is None:
+    """Compares TRL's ids with each ferrotune contender's on the sample rows; prints one line
+    per group of rows when all agree, a warning per contender that does not."""
+    base = next((r for r in runs if r.contender == BASELINE), None)
+    ours = [r for r in runs if r.contender in OURS]
+    if base is None or not ours:
         return True
-    if ours.records - ours.items or base.records - base.items:
+    if any(r.records - r.items for r in (*ours, base)):
         print(
             "note: a contender did not write every record, so the sample compares row positions "
             "that may hold different records past the first one left out"
         )
     # JSON turned the row numbers into strings on the way back from the children.
-    mine = {int(k): v for k, v in ours.detail["sample"].items()}
     theirs = {int(k): v for k, v in base.detail["sample"].items()}
     ok = True
     first = [i for i in rows if i < CHECK_PAIRS]
@@ -268,21 +273,32 @@ def check_sample(runs: Sequence[PrepRun], rows: Sequence[int]) -> bool:
     ):
         if not group:
             continue
-        compared = [i for i in group if i in mine and i in theirs]
-        differ = [i for i in compared if mine[i] != theirs[i]]
         span = f"rows {group[0]}-{group[-1]}" if len(group) > 1 else f"row {group[0]}"
-        if len(compared) < len(group):
-            ok = False
-            print(f"WARNING: {label}: only {len(compared)} of {len(group)} rows written by both")
-        if differ:
-            ok = False
-            print(f"WARNING: {label} ({span}): {len(differ)} of {len(compared)} differ")
-            describe_difference(differ[0], mine[differ[0]], theirs[differ[0]])
-        elif compared:
+        agreeing = []
+        for run in ours:
+            mine = {int(k): v for k, v in run.detail["sample"].items()}
+            compared = [i for i in group if i in mine and i in theirs]
+            differ = [i for i in compared if mine[i] != theirs[i]]
+            if len(compared) < len(group):
+                ok = False
+                print(
+                    f"WARNING: {label} ({run.label}): only {len(compared)} of {len(group)} rows "
+                    "written by both"
+                )
+            if differ:
+                ok = False
+                where = f"{span}, {run.label}"
+                print(f"WARNING: {label} ({where}): {len(differ)} of {len(compared)} differ")
+                describe_difference(differ[0], mine[differ[0]], theirs[differ[0]])
+            elif compared:
+                agreeing.append((run.label, len(compared)))
+        if agreeing:
+            counts = sorted({n for _, n in agreeing})
             print(
                 f"{label} ({span}): trl prompt_ids / chosen_ids / rejected_ids == ferrotune "
                 f"prompt_input_ids / chosen_input_ids[len(prompt):] / "
-                f"rejected_input_ids[len(prompt):], all {len(compared)}"
+                f"rejected_input_ids[len(prompt):], all {'/'.join(map(str, counts))} "
+                f"({', '.join(name for name, _ in agreeing)})"
             )
     return ok
 
@@ -307,10 +323,14 @@ STAGE = Stage(
     items="pairs",
     default_mb=20.0,
     contenders=(
+        Contender("ferrotune-cli", CLI, ours=True),
         Contender("ferrotune", "prep_dpo:ferrotune", ours=True),
+        Contender(
+            "ferrotune-reference", "prep_dpo:ferrotune", ours=True, options={"engine": "reference"}
+        ),
         Contender("trl", "prep_dpo:trl_child", needs=("datasets", "trl")),
     ),
-    comparable=(("ferrotune", "trl"),),
+    comparable=tuple((ours, BASELINE) for ours in OURS),
     check=check,
     example="pairs",
     packages=("trl", "torch"),

@@ -1,38 +1,61 @@
-"""``ferrotune bench prep pt``: text lines into 1024-token pretraining blocks, three ways.
+"""``ferrotune bench prep pt``: text lines into 1024-token pretraining blocks, every way at once.
 
-``ferrotune``
-    ``ferrotune.data.prep_pt`` (what ``ferrotune prep pt`` runs): Rust reads, tokenizes, appends
-    EOS, packs and writes Arrow shards.
+Ours:
+
+``ferrotune-cli``
+    ``ferrotune prep pt --tokenizer T --input CORPUS --out TMP --block-size 1024 --workers N
+    --quiet``, the command as a user runs it; its seconds are the whole wall time, interpreter
+    start-up and the tokenizer load included.
+``ferrotune`` / ``ferrotune-reference``
+    ``ferrotune.data.prep_pt`` (what the command runs) with ``engine="auto"`` (HF tokenizers
+    1.0 where it is proven identical) / ``engine="reference"`` (HF tokenizers 0.23): Rust reads,
+    tokenizes, appends EOS, packs and writes Arrow shards; seconds: the manifest's.
+
+Baselines; the bare engines (``bare.py``) write nothing and report load + encode and encode only:
+
+``tokenizers-1.0``
+    Bare ``tokenizers`` 1.0.0rc3 ``Tokenizer.encode_batch`` over batches of 2000 lines, in its own
+    virtual environment (``OUT/envs/tokenizers-1.0.0rc3``, made by ``--setup-envs``):
+    transformers pins the 0.2x line.
+``encode_batch_fast``
+    Bare ``tokenizers.Tokenizer.encode_batch_fast`` (this environment's 0.2x), the same batches:
+    the ceiling for any pipeline whose BPE is HF ``tokenizers``.
+``tiktoken``
+    A ``tiktoken.Encoding`` built from the same ``tokenizer.json`` (:func:`bare.load_tiktoken`),
+    ``encode_batch(num_threads=N)`` over NFC-normalized batches.
 ``datasets``
     The HF ``datasets`` pipeline of MedicalGPT-style pretraining scripts: ``load_dataset("text")``
     → ``map(tokenize, num_proc=N)`` (``AutoTokenizer``, EOS appended, empty lines dropped) →
     ``map(group_texts, num_proc=N)`` → ``save_to_disk``.
-``encode_batch_fast``
-    Bare ``tokenizers.Tokenizer.encode_batch_fast`` over batches of 2000 lines, writing
-    nothing: the ceiling for any pipeline whose BPE is HF ``tokenizers``.
 
 tokens are document tokens plus one EOS per non-empty line, before packing, and must agree
-across all three. blocks differ on purpose: ferrotune packs across the whole corpus and pads
+across all of them. blocks differ on purpose: ferrotune packs across the whole corpus and pads
 the last block; the classic ``group_texts`` drops the remainder of every 1000-document batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ferrotune.bench.prep import WHITESPACE, Contender, PrepRun, Stage, agree, ferrotune_child
+from ferrotune.bench.bare import is_document
+from ferrotune.bench.prep import (
+    CLI,
+    MEDICALGPT,
+    STDLIB,
+    Contender,
+    PrepRun,
+    Stage,
+    agree,
+    ferrotune_child,
+)
 
 BLOCK_SIZE = 1024
-BATCH_LINES = 2000
 FERROTUNE_OPTIONS = {"block_size": BLOCK_SIZE}
-
-
-def is_document(text: str) -> bool:
-    """Whether ferrotune counts the line as a document (not empty or whitespace only)."""
-    return bool(text.strip(WHITESPACE))
+OURS = ("ferrotune-cli", "ferrotune", "ferrotune-reference")
+BASELINES = ("tokenizers-1.0", "encode_batch_fast", "tiktoken", "datasets")
 
 
 def ferrotune(**kwargs: Any) -> dict[str, Any]:
@@ -91,40 +114,9 @@ def datasets_child(corpus: str, tokenizer: str, workers: int, tmp_dir: str) -> d
     return {"records": len(raw), "items": len(grouped), "tokens": tokens, "seconds": seconds}
 
 
-def batches(corpus: Path, size: int) -> Iterator[list[str]]:
-    """The corpus's documents, streamed in lists of ``size``."""
-    batch: list[str] = []
-    with corpus.open(encoding="utf-8", newline="\n") as f:
-        for line in f:
-            text = line.removesuffix("\n").removesuffix("\r")  # as ferrotune's line reader
-            if is_document(text):
-                batch.append(text)
-                if len(batch) >= size:
-                    yield batch
-                    batch = []
-    if batch:
-        yield batch
-
-
-def encode_batch_child(corpus: str, tokenizer: str, **_: Any) -> dict[str, Any]:
-    """Bare ``encode_batch_fast``: tokens of every document plus one EOS each; writes nothing."""
-    from tokenizers import Tokenizer
-
-    start = time.perf_counter()
-    bpe = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
-    tokens = documents = 0
-    for batch in batches(Path(corpus), BATCH_LINES):
-        tokens += sum(len(encoding) for encoding in bpe.encode_batch_fast(batch))
-        documents += len(batch)
-    seconds = time.perf_counter() - start
-    with open(corpus, "rb") as f:
-        lines = sum(1 for _ in f)
-    return {"records": lines, "items": 0, "tokens": tokens + documents, "seconds": seconds}
-
-
 def check(runs: Sequence[PrepRun], extra: dict[str, Any]) -> bool:
     """Prints whether the contenders' token counts agree; False if not."""
-    return agree("tokens", {r.contender: r.tokens for r in runs})
+    return agree("tokens", {r.label: r.tokens for r in runs})
 
 
 STAGE = Stage(
@@ -135,12 +127,27 @@ STAGE = Stage(
     items="blocks",
     default_mb=50.0,
     contenders=(
+        Contender("ferrotune-cli", CLI, ours=True),
         Contender("ferrotune", "prep_pt:ferrotune", ours=True),
-        Contender("encode_batch_fast", "prep_pt:encode_batch_child"),
+        Contender(
+            "ferrotune-reference", "prep_pt:ferrotune", ours=True, options={"engine": "reference"}
+        ),
+        Contender(
+            "tokenizers-1.0",
+            "bare:tokenizers_child",
+            options={"method": "encode_batch"},
+            env="tokenizers-1.0.0rc3",
+        ),
+        Contender(
+            "encode_batch_fast", "bare:tokenizers_child", options={"method": "encode_batch_fast"}
+        ),
+        Contender("tiktoken", "bare:tiktoken_child", needs=("tiktoken",)),
         Contender("datasets", "prep_pt:datasets_child", needs=("datasets",)),
     ),
-    comparable=(("ferrotune", "encode_batch_fast"), ("ferrotune", "datasets")),
+    comparable=tuple((ours, base) for ours in OURS for base in BASELINES),
     check=check,
     keep_blank=True,
     example="pt",
+    packages=("tiktoken",),
+    corpora=(MEDICALGPT, STDLIB),
 )

@@ -3,6 +3,9 @@
 
 ``ferrotune``
     ``ferrotune.data.prep_sft`` with the tokenizer's own chat template.
+``ferrotune-cli`` / ``ferrotune-reference``
+    The same as ``ferrotune prep sft ... --quiet``, timed end to end (interpreter start-up
+    included) / with ``engine="reference"`` (HF tokenizers 0.23): the same tokens as ``ferrotune``.
 ``ferrotune-trl-template``
     The same with TRL's ``chat_templates/qwen3_training.jinja``, the template ``hf`` must use:
     the identical rendering on both sides, so their tokens and labels must be equal.
@@ -32,10 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ferrotune.bench.bare import WHITESPACE
 from ferrotune.bench.measure import BenchError
 from ferrotune.bench.prep import (
+    CLI,
     EXAMPLE_LINES,
-    WHITESPACE,
     Contender,
     PrepRun,
     Stage,
@@ -46,6 +50,7 @@ from ferrotune.bench.prep import (
 
 MAX_LENGTH = 4096
 BASELINE = "hf"
+OWN_TEMPLATE = ("ferrotune", "ferrotune-cli", "ferrotune-reference")
 FERROTUNE_OPTIONS = {"max_length": MAX_LENGTH, "overlong": "drop", "skip_bad": True}
 # ShareGPT `from` → OpenAI role; `function_call` becomes an assistant message with tool_calls.
 ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
@@ -220,31 +225,37 @@ def check(runs: Sequence[PrepRun], extra: dict[str, Any]) -> bool:
     """Prints whether the contenders wrote the same conversations; False if not.
 
     Where the counts differ, lists the reasons records were not written, per contender, with a
-    few corpus line numbers. ``hf`` renders the template ``ferrotune-trl-template`` renders, so
-    their token and label counts are checked too.
+    few corpus line numbers. ``hf`` renders the template ``ferrotune-trl-template`` renders, and
+    ``ferrotune``, ``ferrotune-cli`` and ``ferrotune-reference`` the tokenizer's own, so the token
+    and label counts of each group are checked too.
     """
-    ok = agree("conversations written", {r.contender: r.items for r in runs})
+    ok = agree("conversations written", {r.label: r.items for r in runs})
     if not ok:
         explain_difference(runs)
-    same = [r for r in runs if r.contender in ("ferrotune-trl-template", BASELINE)]
-    tokens = {r.contender: f"{r.tokens:,}, labels {r.detail['label_tokens']:,}" for r in same}
-    return agree("same template: tokens", tokens) and ok
+    for what, names in (
+        ("same template: tokens", ("ferrotune-trl-template", BASELINE)),
+        ("the tokenizer's own template: tokens", OWN_TEMPLATE),
+    ):
+        same = [r for r in runs if r.contender in names]
+        tokens = {r.label: f"{r.tokens:,}, labels {r.detail['label_tokens']:,}" for r in same}
+        ok &= agree(what, tokens)
+    return ok
 
 
 def explain_difference(runs: Sequence[PrepRun]) -> None:
     reasons = sorted({reason for r in runs for reason in r.detail["not_written"]})
     for reason in reasons:
-        per = {r.contender: r.detail["not_written"].get(reason, 0) for r in runs}
+        per = {r.label: r.detail["not_written"].get(reason, 0) for r in runs}
         if len(set(per.values())) == 1:
             continue
         listed = ", ".join(f"{name} {n:,}" for name, n in per.items())
         where = "; ".join(
-            f"{r.contender} e.g. lines {', '.join(map(str, r.detail['example_lines'][reason]))}"
+            f"{r.label} e.g. lines {', '.join(map(str, r.detail['example_lines'][reason]))}"
             for r in runs
             if r.detail["example_lines"].get(reason)
         )
         print(f"  not written as {reason}: {listed}" + (f" ({where})" if where else ""))
-        if reason == "too_long" and "ferrotune" in per:
+        if reason == "too_long" and any(r.contender == "ferrotune" for r in runs):
             print(
                 "    ferrotune renders the tokenizer's own template, which leaves out the empty "
                 "<think> block of earlier assistant turns that qwen3_training.jinja always "
@@ -260,7 +271,11 @@ STAGE = Stage(
     items="conversations",
     default_mb=20.0,
     contenders=(
+        Contender("ferrotune-cli", CLI, ours=True),
         Contender("ferrotune", "prep_sft:ferrotune", ours=True),
+        Contender(
+            "ferrotune-reference", "prep_sft:ferrotune", ours=True, options={"engine": "reference"}
+        ),
         Contender(
             "ferrotune-trl-template", "prep_sft:ferrotune_trl_template", ours=True, needs=("trl",)
         ),
