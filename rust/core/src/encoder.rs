@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::{CoreError, Result};
+use crate::tokenizer_file::TokenizerFile;
 use crate::vocabulary::Vocabulary;
 use fast::FastEncoder;
 use reference::ReferenceEncoder;
@@ -94,25 +95,24 @@ pub struct Engines {
 }
 
 impl Engines {
-    /// The engines `choice` calls for on the tokenizer at `path`, parsed as `json` (which the
-    /// fast engine consumes).
+    /// The engines `choice` calls for on the tokenizer at `path`.
     pub fn load(
         choice: EngineChoice,
-        json: Value,
+        file: &TokenizerFile<'_>,
         vocabulary: &Vocabulary,
         path: &Path,
     ) -> Result<Engines> {
-        let support = support::check(&json, vocabulary);
+        let support = support::check(&file.skeleton, vocabulary);
         let proven = support.as_ref().map(|_| ()).map_err(Clone::clone);
         let token_bytes = |offsets: bool| offsets.then(|| vocabulary.byte_level_lengths());
         let fast = match (choice, &support) {
             (EngineChoice::Reference, _) | (EngineChoice::Auto, Err(_)) => None,
             (EngineChoice::Auto, Ok(s)) => {
-                Some(FastEncoder::load(json, token_bytes(s.offsets), path)?)
+                Some(FastEncoder::load(file, token_bytes(s.offsets), path)?)
             }
             (EngineChoice::Fast, s) => {
                 let offsets = s.as_ref().is_ok_and(|s| s.offsets);
-                Some(FastEncoder::load(json, token_bytes(offsets), path)?)
+                Some(FastEncoder::load(file, token_bytes(offsets), path)?)
             }
         };
         let engines = Engines {

@@ -28,6 +28,7 @@ pub mod sft;
 pub mod shard;
 pub mod template;
 pub mod tokenizer;
+pub mod tokenizer_file;
 pub mod vocabulary;
 
 pub use chat_prep::ChatOptions;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::encoder::{Encoder, EngineChoice, Engines};
 use crate::error::{CoreError, Result};
 use crate::reader::hex;
+use crate::tokenizer_file::TokenizerFile;
 use crate::vocabulary::Vocabulary;
 
 /// A special token and its id.
@@ -84,14 +85,11 @@ impl LoadedTokenizer {
             return Err(bad("no such file or folder".into()));
         };
         let bytes = std::fs::read(&json_path).map_err(|e| CoreError::io(&json_path, e))?;
-        let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            bad(format!(
-                "not a HuggingFace tokenizer.json: malformed JSON: {e}"
-            ))
-        })?;
-        let vocabulary = Vocabulary::from_json(&json)
-            .map_err(|e| bad(format!("not a HuggingFace tokenizer.json: {e}")))?;
-        let engines = Engines::load(engine, json, &vocabulary, &json_path)?;
+        let not_hf = |message: String| bad(format!("not a HuggingFace tokenizer.json: {message}"));
+        let text = std::str::from_utf8(&bytes).map_err(|e| not_hf(e.to_string()))?;
+        let file = TokenizerFile::parse(text).map_err(not_hf)?;
+        let vocabulary = Vocabulary::from_file(&file.skeleton, file.vocab).map_err(not_hf)?;
+        let engines = Engines::load(engine, &file, &vocabulary, &json_path)?;
 
         let config = if config_path.is_file() {
             let text = std::fs::read_to_string(&config_path)

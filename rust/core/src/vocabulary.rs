@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A token added on top of the model's vocabulary (`added_tokens` of `tokenizer.json`).
@@ -33,32 +34,23 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
-    /// Reads the vocabulary of a parsed `tokenizer.json`; an error says what is malformed.
-    pub fn from_json(json: &Value) -> Result<Vocabulary, String> {
-        let mut model = HashMap::new();
-        match json.pointer("/model/vocab") {
-            // BPE, WordPiece, WordLevel: {token: id}.
-            Some(Value::Object(map)) => {
-                model.reserve(map.len());
-                for (token, id) in map {
-                    let id =
-                        as_id(id).ok_or_else(|| format!("model.vocab['{token}'] is not an id"))?;
-                    model.insert(token.clone(), id);
-                }
-            }
+    /// Reads the vocabulary of a `tokenizer.json`: its raw `model.vocab` and the parsed rest
+    /// (for `added_tokens`); an error says what is malformed.
+    pub fn from_file(json: &Value, vocab: &RawValue) -> Result<Vocabulary, String> {
+        let malformed = |e: serde_json::Error| format!("model.vocab: {e}");
+        let model: HashMap<String, u32> = if vocab.get().starts_with('[') {
             // Unigram: [[piece, score], ...], the id being the position.
-            Some(Value::Array(pieces)) => {
-                model.reserve(pieces.len());
-                for (id, piece) in pieces.iter().enumerate() {
-                    let token = piece
-                        .get(0)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| format!("model.vocab[{id}] is not a [piece, score] pair"))?;
-                    model.insert(token.to_string(), id as u32);
-                }
-            }
-            _ => return Err("no model.vocab".into()),
-        }
+            let pieces: Vec<(String, f64)> =
+                serde_json::from_str(vocab.get()).map_err(malformed)?;
+            pieces
+                .into_iter()
+                .enumerate()
+                .map(|(id, (piece, _))| (piece, id as u32))
+                .collect()
+        } else {
+            // BPE, WordPiece, WordLevel: {token: id}.
+            serde_json::from_str(vocab.get()).map_err(malformed)?
+        };
         let mut added = Vec::new();
         let mut added_ids = HashMap::new();
         if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {

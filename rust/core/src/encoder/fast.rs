@@ -11,11 +11,11 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use tokenizers_fast::pipeline::{EncodeOptions, Override, PipelineToken, PipelineTokenizer};
 use unicode_normalization_alignments::{is_nfc_quick, IsNormalized};
 
 use crate::error::{CoreError, Result};
+use crate::tokenizer_file::TokenizerFile;
 
 /// The crate and version of the fast engine (pinned in `rust/core/Cargo.toml`).
 pub const VERSION: &str = "tokenizers 1.0.0-rc.3";
@@ -34,11 +34,11 @@ thread_local! {
 }
 
 impl FastEncoder {
-    /// Builds the engine from the parsed `tokenizer.json`, which it converts to the 1.0 format
-    /// in place (and drops: the engine parses its own copy). `token_bytes`: bytes per id, when
-    /// offsets can be derived.
+    /// Builds the engine from `tokenizer.json`, converted to the 1.0 format (its small parts
+    /// only: the vocabulary and merges pass through as written). `token_bytes`: bytes per id,
+    /// when offsets can be derived.
     pub fn load(
-        mut json: Value,
+        file: &TokenizerFile<'_>,
         token_bytes: Option<Vec<u32>>,
         path: &Path,
     ) -> Result<FastEncoder> {
@@ -46,9 +46,9 @@ impl FastEncoder {
             path: path.to_path_buf(),
             message: format!("{VERSION} cannot load it: {message}"),
         };
-        tokenizers_fast::canonicalize_value(&mut json).map_err(|e| failed(e.to_string()))?;
-        let text = serde_json::to_string(&json).map_err(|e| failed(e.to_string()))?;
-        drop(json);
+        let mut skeleton = file.skeleton.clone();
+        tokenizers_fast::canonicalize_value(&mut skeleton).map_err(|e| failed(e.to_string()))?;
+        let text = file.assemble(&skeleton).map_err(failed)?;
         let tokenizer = tokenizers_fast::from_json(&text).map_err(|e| failed(e.to_string()))?;
         Ok(FastEncoder {
             tokenizer,
