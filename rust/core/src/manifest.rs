@@ -103,8 +103,9 @@ pub struct Manifest {
     pub elapsed_seconds: f64,
 }
 
-/// Seconds each part of a run spent working. The reader, the workers and the writer run at
-/// once, so these overlap; `process` is summed over the workers.
+/// Where a run's time went: the tokenizer's load (wall seconds), then the CPU seconds of each
+/// part of the pipeline. The reader, the workers and the writer run at once, so their times
+/// overlap; `process` is summed over the workers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timings {
     /// Loading the tokenizer and its engines.

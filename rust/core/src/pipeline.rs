@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
@@ -128,8 +128,9 @@ pub struct Totals {
     pub busy: Busy,
 }
 
-/// Seconds each part of the pipeline spent working (not waiting on a channel): where a run's
-/// time went, for the manifest and the summary line.
+/// CPU seconds each part of the pipeline spent (its threads' own CPU time, so waiting on a
+/// channel or for a core does not count): where a run's time went, for the manifest and the
+/// summary line.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Busy {
     /// The reader: reading, hashing and splitting the input into records.
@@ -180,25 +181,21 @@ pub fn run<S: Stage>(
     let stop = AtomicBool::new(false);
     let read_nanos = AtomicU64::new(0);
     let process_nanos = AtomicU64::new(0);
-    let mut write_time = Duration::ZERO;
+    let consumer_started = thread_cpu();
     let mut counts = Counts::default();
     let mut summaries: Vec<Option<FileSummary>> = vec![None; source.files.len()];
 
     std::thread::scope(|scope| -> Result<()> {
         let (stop, read_nanos, process_nanos) = (&stop, &read_nanos, &process_nanos);
         scope.spawn(move || {
-            let started = Instant::now();
-            let waited = read_all(source, work_tx, stop);
-            read_nanos.store(
-                nanos(started.elapsed().saturating_sub(waited)),
-                Ordering::Relaxed,
-            );
+            read_all(source, work_tx, stop);
+            read_nanos.store(nanos(thread_cpu()), Ordering::Relaxed);
         });
         for _ in 0..workers {
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
             scope.spawn(move || {
-                let busy = process_chunks(stage, source.files, work_rx, done_tx);
-                process_nanos.fetch_add(nanos(busy), Ordering::Relaxed);
+                process_chunks(stage, source.files, work_rx, done_tx);
+                process_nanos.fetch_add(nanos(thread_cpu()), Ordering::Relaxed);
             });
         }
         drop(work_rx);
@@ -226,9 +223,7 @@ pub fn run<S: Stage>(
                                 match outcome {
                                     Outcome::Row(row) => {
                                         counts.written += 1;
-                                        let started = Instant::now();
                                         tokens += consume(row)?;
-                                        write_time += started.elapsed();
                                     }
                                     Outcome::Empty(record) => match policy.empty {
                                         EmptyPolicy::Skip => counts.empty += 1,
@@ -281,7 +276,7 @@ pub fn run<S: Stage>(
     let busy = Busy {
         read: seconds(&read_nanos),
         process: seconds(&process_nanos),
-        write: write_time.as_secs_f64(),
+        write: thread_cpu().saturating_sub(consumer_started).as_secs_f64(),
     };
     Ok(Totals {
         counts,
@@ -294,10 +289,24 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The CPU time the calling thread has used so far (zero where the platform cannot tell).
+fn thread_cpu() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through a valid pointer.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0 {
+            return Duration::new(now.tv_sec as u64, now.tv_nsec as u32);
+        }
+    }
+    Duration::ZERO
+}
+
 /// The reader thread: walks the files in order and sends chunks of this run's raw records.
-/// Returns the time it spent waiting for the workers to take a chunk.
-fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) -> Duration {
-    let waited = std::cell::Cell::new(Duration::ZERO);
+fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
     let mut seq = 0u64;
     let mut items: Vec<Item<R>> = Vec::with_capacity(CHUNK_RECORDS);
     let mut chunk_bytes = 0usize;
@@ -311,10 +320,7 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) -> 
             payload,
         };
         *seq += 1;
-        let started = Instant::now();
-        let sent = !stop.load(Ordering::Relaxed) && tx.send(chunk).is_ok();
-        waited.set(waited.get() + started.elapsed());
-        sent
+        !stop.load(Ordering::Relaxed) && tx.send(chunk).is_ok()
     };
     for (index, file) in source.files.iter().enumerate() {
         let mut visit = |record: RawRecord, consumed: u64| -> Result<Flow> {
@@ -340,7 +346,7 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) -> 
         };
         match read_file(file, &source.read, &mut visit) {
             Ok(Some(summary)) => items.push(Item::FileDone(index, summary)),
-            Ok(None) => return waited.get(),
+            Ok(None) => return,
             Err(error) => {
                 // Hand over what came before the failure first, so its records are still
                 // processed (and an earlier bad record still reported first).
@@ -348,26 +354,22 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) -> 
                 if send(&mut seq, Payload::Items(before), bytes_read) {
                     send(&mut seq, Payload::Failed(error), bytes_read);
                 }
-                return waited.get();
+                return;
             }
         }
         bytes_before += file.bytes;
     }
     send(&mut seq, Payload::Items(items), bytes_before);
-    waited.get()
 }
 
-/// A worker thread: runs the stage on each raw record of each chunk. Returns the time it
-/// spent working.
+/// A worker thread: runs the stage on each raw record of each chunk.
 fn process_chunks<S: Stage>(
     stage: &S,
     files: &[InputFile],
     rx: Receiver<Chunk<S::Row>>,
     tx: Sender<Chunk<S::Row>>,
-) -> Duration {
-    let mut busy = Duration::ZERO;
+) {
     for mut chunk in rx.iter() {
-        let started = Instant::now();
         if let Payload::Items(items) = chunk.payload {
             let mut done = Vec::with_capacity(items.len());
             let mut failure = None;
@@ -388,12 +390,10 @@ fn process_chunks<S: Stage>(
                 None => Payload::Items(done),
             };
         }
-        busy += started.elapsed();
         if tx.send(chunk).is_err() {
-            break;
+            return;
         }
     }
-    busy
 }
 
 /// Bad records: an error, or with `--skip-bad` a line in `rejects.jsonl` and a count.
