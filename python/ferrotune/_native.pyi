@@ -1,8 +1,30 @@
 """Type stubs of the private extension module built from ``rust/python``."""
 
 from os import PathLike
+from typing import Literal
 
 __version__: str
+
+class Tokenizer:
+    """A HF tokenizer (a model folder or ``tokenizer.json``) as the data engine loads it, encoding
+    through the engines ``engine`` picks: ``auto`` (the fast engine where it is proven exact, the
+    reference elsewhere), ``fast`` or ``reference``."""
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        engine: Literal["auto", "fast", "reference"] = "auto",
+    ) -> None: ...
+    def encode_batch(self, texts: list[str], *, add_special_tokens: bool = True) -> list[list[int]]:
+        """The ids of each text; with ``add_special_tokens``, those the post-processor adds."""
+    def encode_batch_with_offsets(
+        self, texts: list[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """The ids and character offsets of each text, no special tokens added."""
+    def engine_report(self) -> str:
+        """Which engines ran and how many texts each encoded, as the manifest records it (JSON:
+        ``requested``, ``fast``, ``reference``, ``fast_proven``, ``why_not_proven``, ``texts``)."""
 
 def prep_pt(
     tokenizer: str | PathLike[str],

@@ -4,13 +4,17 @@
 ``prep_pt``, ``prep_sft``, ``prep_rm``, ``prep_dpo`` and ``prep_ppo`` write a folder of Arrow
 shards that ``datasets.load_from_disk`` reads as is; ``read_manifest`` reads its manifest.
 ``ShardDataset`` reads such a folder memory-mapped, as a ``torch.utils.data.Dataset``; it is
-imported on first use, so the CLI's prep commands start without torch.
+imported on first use, so the CLI's prep commands start without torch. ``Tokenizer`` is a
+``tokenizer.json`` as the engine loads it (``Tokenizer(path, engine="auto")``): ``encode_batch``,
+``encode_batch_with_offsets`` (character offsets) and ``engine_report`` (which engine encoded how
+many texts), the very encoder the ``prep_*`` stages run.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ferrotune._native import Tokenizer
 from ferrotune.data.manifest import read_manifest
 from ferrotune.data.prep import prep_dpo, prep_ppo, prep_pt, prep_rm, prep_sft
 from ferrotune.data.template import builtin_templates, render_chat_template
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ShardDataset",
+    "Tokenizer",
     "builtin_templates",
     "prep_dpo",
     "prep_ppo",

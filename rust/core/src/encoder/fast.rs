@@ -25,6 +25,8 @@ pub struct FastEncoder {
     tokenizer: PipelineTokenizer,
     /// Bytes per id, when offsets can be derived for this tokenizer.
     token_bytes: Option<Vec<u32>>,
+    /// Whether the tokenizer normalises (NFC, the only normaliser offsets are derived under).
+    normalizes: bool,
     path: PathBuf,
 }
 
@@ -53,6 +55,7 @@ impl FastEncoder {
         Ok(FastEncoder {
             tokenizer,
             token_bytes,
+            normalizes: !file.skeleton["normalizer"].is_null(),
             path: path.to_path_buf(),
         })
     }
@@ -82,7 +85,7 @@ impl FastEncoder {
     /// as the reference gives them; `None` where they cannot be derived.
     pub fn offsets(&self, text: &str, ids: &[u32]) -> Option<Vec<(usize, usize)>> {
         let token_bytes = self.token_bytes.as_ref()?;
-        if !text.is_ascii() && is_nfc_quick(text.chars()) != IsNormalized::Yes {
+        if self.normalizes && !text.is_ascii() && is_nfc_quick(text.chars()) != IsNormalized::Yes {
             return None;
         }
         let mut at = 0usize;
