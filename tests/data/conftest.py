@@ -55,6 +55,21 @@ QWEN_SPECIALS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
 # Qwen2.5's added tokens that are not special (matched in the text all the same).
 QWEN_ADDED = ("<tool_call>", "</tool_call>", "<think>", "</think>", "<|fim_prefix|>")
 
+# MedicalGPT's ShareGPT roles as chat-message roles.
+ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
+
+
+def messages_of(turns: list[dict]) -> list[dict]:
+    """ShareGPT turns as chat messages (a function call: an assistant turn with tool_calls)."""
+    messages = []
+    for turn in turns:
+        if turn["from"] == "function_call":
+            call = {"type": "function", "function": json.loads(turn["value"])}
+            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        else:
+            messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
+    return messages
+
 
 # ---------------------------------------------------------------------------------------------
 # The two engines side by side

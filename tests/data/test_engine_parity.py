@@ -26,24 +26,11 @@ import pytest
 
 from ferrotune.data import render_chat_template
 
-from .conftest import KNOWN_DIVERGENCES, mostly_fast, nonempty_lines, strings_in
+from .conftest import KNOWN_DIVERGENCES, messages_of, mostly_fast, nonempty_lines, strings_in
 
 # Unassigned code points (in Python's Unicode tables) and surrogates, which a str of Rust's
 # cannot hold.
 NOT_CHARS = ("Cn", "Cs")
-ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
-
-
-def messages_of(turns: list[dict]) -> list[dict]:
-    """ShareGPT turns as chat messages (a function call: an assistant turn with tool_calls)."""
-    messages = []
-    for turn in turns:
-        if turn["from"] == "function_call":
-            call = {"type": "function", "function": json.loads(turn["value"])}
-            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        else:
-            messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
-    return messages
 
 
 def rendered_conversations(path: Path, template: str, specials: dict) -> list[str]:

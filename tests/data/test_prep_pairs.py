@@ -17,25 +17,15 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from ferrotune.data import prep_dpo, prep_ppo, prep_rm
 from ferrotune.errors import DataError
 
+from .conftest import messages_of
+
 NO_LIMIT = 1 << 20
-ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
 
 
 def read_rows(out: Path) -> list[dict]:
     manifest = json.loads((out / "manifest.json").read_text())
     tables = [pa.ipc.open_stream(str(out / s["file"])).read_all() for s in manifest["shards"]]
     return pa.concat_tables(tables).to_pylist()
-
-
-def messages_of(turns: list[dict]) -> list[dict]:
-    messages = []
-    for turn in turns:
-        if turn["from"] == "function_call":
-            call = {"type": "function", "function": json.loads(turn["value"])}
-            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        else:
-            messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
-    return messages
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
