@@ -14,6 +14,7 @@
 //! Exactness is the gate, never a tolerance (docs/architecture.md §4). The reference is loaded
 //! only when some text needs it, so a run the fast engine covers pays for one engine.
 
+pub mod charset;
 pub mod fast;
 pub mod guard;
 pub mod guard_table;
@@ -85,7 +86,7 @@ pub struct Engines {
     choice: EngineChoice,
     /// The fast engine, when it runs at all.
     fast: Option<FastEncoder>,
-    /// Whether the fast engine is proven on this tokenizer; if not, why.
+    /// Whether the fast engine is proven on this tokenizer (and loaded); if not, why.
     proven: std::result::Result<(), String>,
     /// Loaded on first use.
     reference: OnceLock<std::result::Result<ReferenceEncoder, String>>,
@@ -103,12 +104,20 @@ impl Engines {
         path: &Path,
     ) -> Result<Engines> {
         let support = support::check(&file.skeleton, vocabulary);
-        let proven = support.as_ref().map(|_| ()).map_err(Clone::clone);
+        let mut proven = support.as_ref().map(|_| ()).map_err(Clone::clone);
         let token_bytes = |offsets: bool| offsets.then(|| vocabulary.byte_level_lengths());
         let fast = match (choice, &support) {
             (EngineChoice::Reference, _) | (EngineChoice::Auto, Err(_)) => None,
+            // A proven tokenizer the fast engine fails to load (a future format, say) is
+            // encoded by the reference: `auto` never fails where the reference would not.
             (EngineChoice::Auto, Ok(s)) => {
-                Some(FastEncoder::load(file, token_bytes(s.offsets), path)?)
+                match FastEncoder::load(file, token_bytes(s.offsets), path) {
+                    Ok(fast) => Some(fast),
+                    Err(error) => {
+                        proven = Err(error.to_string());
+                        None
+                    }
+                }
             }
             (EngineChoice::Fast, s) => {
                 let offsets = s.as_ref().is_ok_and(|s| s.offsets);
@@ -151,7 +160,7 @@ impl Engines {
     /// The fast engine, if it may encode `text`.
     fn fast_for(&self, text: &str) -> Option<&FastEncoder> {
         let fast = self.fast.as_ref()?;
-        let guarded = self.choice == EngineChoice::Auto && guard::guard().needs_reference(text);
+        let guarded = self.choice == EngineChoice::Auto && guard::needs_reference(text);
         (!guarded).then_some(fast)
     }
 

@@ -10,9 +10,13 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tokenizers_fast::pipeline::{EncodeOptions, Override, PipelineToken, PipelineTokenizer};
+use unicode_normalization_alignments::char::canonical_combining_class;
 use unicode_normalization_alignments::{is_nfc_quick, IsNormalized};
+
+use super::charset::CharSet;
 
 use crate::error::{CoreError, Result};
 use crate::tokenizer_file::TokenizerFile;
@@ -85,7 +89,7 @@ impl FastEncoder {
     /// as the reference gives them; `None` where they cannot be derived.
     pub fn offsets(&self, text: &str, ids: &[u32]) -> Option<Vec<(usize, usize)>> {
         let token_bytes = self.token_bytes.as_ref()?;
-        if self.normalizes && !text.is_ascii() && is_nfc_quick(text.chars()) != IsNormalized::Yes {
+        if self.normalizes && !is_nfc(text) {
             return None;
         }
         let mut at = 0usize;
@@ -100,6 +104,22 @@ impl FastEncoder {
         }
         (at == text.len()).then_some(offsets)
     }
+}
+
+/// Whether NFC leaves `text` as it is, by the reference's (Unicode 9) tables: at once when it
+/// holds no character that NFC may touch, else by the tables' quick check.
+fn is_nfc(text: &str) -> bool {
+    static TOUCHED: OnceLock<CharSet> = OnceLock::new();
+    let touched = TOUCHED.get_or_init(|| {
+        // A text whose every character is a starter with quick-check "yes" is in NFC.
+        CharSet::new(|code| {
+            char::from_u32(code).is_some_and(|c| {
+                canonical_combining_class(c) != 0
+                    || is_nfc_quick(std::iter::once(c)) != IsNormalized::Yes
+            })
+        })
+    });
+    !touched.any_in(text) || is_nfc_quick(text.chars()) == IsNormalized::Yes
 }
 
 fn floor_char_boundary(text: &str, mut at: usize) -> usize {
