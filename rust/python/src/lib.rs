@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// mimalloc: tokenization allocates many small vectors per document (words, offsets, ids), and
-/// glibc's malloc/free took about a fifth of `prep sft`'s time (perf, 2-core EPYC).
+/// glibc's malloc/free took about a fifth of `prep sft`'s time (perf, 2-core EPYC). Without
+/// transparent huge pages (`no_thp`): loading a tokenizer touches ~150 MB once, and zeroing 2 MB
+/// pages for it made that load vary from 0.7 to 1.3 s on a VM (0.66–0.70 s with 4 KB pages).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
