@@ -333,13 +333,15 @@ def summarize_chat(manifest: dict[str, Any], out: str) -> str:
 
 
 def _profile_line(manifest: dict[str, Any]) -> str:
-    """Where the time went: the tokenizer's load, then each part's busy seconds (they overlap;
-    the workers' are summed); and which engine encoded how many texts."""
+    """Where the time went: the tokenizer's load and the pipeline's wall seconds, then its
+    parts' CPU seconds (they overlap; the workers' are summed); and which engine encoded how
+    many texts."""
     t = manifest["timings"]
     engine = manifest["engine"]
     texts = engine["texts"]
     return (
-        f"  profile  tokenizer {t['tokenizer']:.2f} s; busy s: read {t['read']:.2f}, "
-        f"encode {t['process']:.2f}, write {t['write']:.2f}; --engine {engine['requested']}: "
-        f"{texts['fast']:,} texts fast, {texts['reference']:,} reference"
+        f"  profile  tokenizer {t['tokenizer']:.2f} s, pipeline {t['pipeline']:.2f} s "
+        f"(CPU s: read {t['read']:.2f}, encode {t['process']:.2f}, write {t['write']:.2f}); "
+        f"--engine {engine['requested']}: {texts['fast']:,} texts fast, "
+        f"{texts['reference']:,} reference"
     )

@@ -103,13 +103,16 @@ pub struct Manifest {
     pub elapsed_seconds: f64,
 }
 
-/// Where a run's time went: the tokenizer's load (wall seconds), then the CPU seconds of each
-/// part of the pipeline. The reader, the workers and the writer run at once, so their times
+/// Where a run's time went: the tokenizer's load and the pipeline (wall seconds), then the CPU
+/// seconds of each part of the pipeline. The reader, the workers and the writer run at once, so their times
 /// overlap; `process` is summed over the workers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timings {
     /// Loading the tokenizer and its engines.
     pub tokenizer: f64,
+    /// The pipeline, wall seconds from the first record read to the last row written (the rest
+    /// of `elapsed_seconds` is opening the inputs and closing the shards: flush and fsync).
+    pub pipeline: f64,
     /// Reading, hashing and splitting the input.
     pub read: f64,
     /// Parsing, rendering and encoding records, summed over the workers.

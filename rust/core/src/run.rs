@@ -104,6 +104,8 @@ pub struct StageRun {
 /// What [`StageRun::run`] found besides the rows it handed on.
 pub struct Ran {
     pub totals: Totals,
+    /// Wall seconds from the first record read to the last row handed on.
+    pub seconds: f64,
     /// `rejects.jsonl` when any record was rejected.
     pub rejects_file: Option<&'static str>,
 }
@@ -188,6 +190,7 @@ impl StageRun {
             empty,
             rejects: &mut rejects,
         };
+        let started = Instant::now();
         let totals = pipeline::run(
             &source,
             stage,
@@ -199,6 +202,7 @@ impl StageRun {
         )?;
         Ok(Ran {
             totals,
+            seconds: started.elapsed().as_secs_f64(),
             rejects_file: rejects.finish()?,
         })
     }
@@ -221,6 +225,7 @@ impl StageRun {
         let busy = ran.totals.busy;
         let timings = Timings {
             tokenizer: self.load_seconds,
+            pipeline: ran.seconds,
             read: busy.read,
             process: busy.process,
             write: busy.write,
