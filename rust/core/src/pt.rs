@@ -270,6 +270,11 @@ fn document<R>(record: RawRecord, path: &Path, text_field: &str) -> Result<Strin
     Ok(text)
 }
 
+/// The values of `column`, leaving an empty buffer of `capacity` in their place.
+fn refill<T>(column: &mut Vec<T>, capacity: usize) -> Vec<T> {
+    std::mem::replace(column, Vec::with_capacity(capacity))
+}
+
 /// Token totals of the blocks the batcher wrote.
 struct BlockTokens {
     real_tokens: u64,
@@ -298,15 +303,16 @@ impl BlockBatcher {
         writer: ShardWriter,
         schema: SchemaRef,
     ) -> BlockBatcher {
+        let capacity = batch_rows * block_size;
         BlockBatcher {
             block_size,
             batch_rows,
             schema,
             writer,
-            ids: Vec::new(),
-            mask: Vec::new(),
-            labels: Vec::new(),
-            positions: Vec::new(),
+            ids: Vec::with_capacity(capacity),
+            mask: Vec::with_capacity(capacity),
+            labels: Vec::with_capacity(capacity),
+            positions: Vec::with_capacity(capacity),
             rows: 0,
             real_tokens: 0,
             padding: 0,
@@ -322,12 +328,19 @@ impl BlockBatcher {
             let field = Arc::new(Field::new("item", values.data_type().clone(), true));
             Arc::new(FixedSizeListArray::new(field, size, values, None))
         };
+        // Each column leaves with its values and a buffer of a full batch takes its place, so
+        // the next batch fills without regrowing (reallocation was ~8% of a prep's CPU).
+        let capacity = self.batch_rows * self.block_size;
         let columns = vec![
-            list(Arc::new(Int32Array::from(std::mem::take(&mut self.ids)))),
-            list(Arc::new(Int8Array::from(std::mem::take(&mut self.mask)))),
-            list(Arc::new(Int32Array::from(std::mem::take(&mut self.labels)))),
-            list(Arc::new(Int32Array::from(std::mem::take(
+            list(Arc::new(Int32Array::from(refill(&mut self.ids, capacity)))),
+            list(Arc::new(Int8Array::from(refill(&mut self.mask, capacity)))),
+            list(Arc::new(Int32Array::from(refill(
+                &mut self.labels,
+                capacity,
+            )))),
+            list(Arc::new(Int32Array::from(refill(
                 &mut self.positions,
+                capacity,
             )))),
         ];
         let batch =
