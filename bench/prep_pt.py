@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ferrotune.bench.command import script_argv
+from ferrotune.bench.corpora import qwen_tokenizer_dir
 from ferrotune.bench.measure import RESULT_TAG, BenchError, child_env, child_result, run_measured
-from ferrotune.bench.prep import qwen_tokenizer_dir
 from ferrotune.bench.table import cpu_model, version
 from ferrotune.cli import main
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ferrotune.bench.prep import qwen_tokenizer_dir
+from ferrotune.bench.corpora import qwen_tokenizer_dir
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"

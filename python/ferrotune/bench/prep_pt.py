@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from ferrotune.bench.bare import is_document
+from ferrotune.bench.corpora import MEDICALGPT, STDLIB
 from ferrotune.bench.prep import (
     CLI,
-    MEDICALGPT,
-    STDLIB,
     Contender,
     PrepRun,
     Stage,
