@@ -1,5 +1,7 @@
 """Bad conversation records: a clear error naming file, line and field, or with ``skip_bad`` a
-reject with its reason; policies (same-role merge, conversations ending on a user turn) counted."""
+reject with its reason; policies (same-role merge, conversations ending on a user turn) counted.
+Empty messages are bad records here only with ``empty="error"`` (by default they are skipped and
+counted: tests/data/test_data_as_it_comes.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def write(path: Path, records: list[dict]) -> Path:
 def test_bad_conversation_names_file_line_and_field(tmp_path, record, reason, field):
     source = write(tmp_path / "in.jsonl", [GOOD, record])
     with pytest.raises(DataError) as caught:
-        prep_sft(TOKENIZER, source, tmp_path / "out", template="chatml")
+        prep_sft(TOKENIZER, source, tmp_path / "out", template="chatml", empty="error")
     error = caught.value
     assert (error.path, error.line, error.reason, error.field) == (str(source), 2, reason, field)
     assert f"{source}:line 2" in str(error)
@@ -55,7 +57,9 @@ def test_bad_conversation_names_file_line_and_field(tmp_path, record, reason, fi
 
 def test_skip_bad_rejects_every_bad_conversation_with_its_reason(tmp_path):
     source = write(tmp_path / "in.jsonl", [GOOD] + [record for record, *_ in BAD])
-    manifest = prep_sft(TOKENIZER, source, tmp_path / "out", template="chatml", skip_bad=True)
+    manifest = prep_sft(
+        TOKENIZER, source, tmp_path / "out", template="chatml", skip_bad=True, empty="error"
+    )
     counts = manifest["counts"]
     assert counts["written"] == 1 and counts["rejected"] == len(BAD)
     assert counts["rejected_by_reason"] == {reason: 1 for _, reason, _ in BAD}

@@ -168,8 +168,8 @@ def not_written(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     """Records ferrotune did not write, by reason, and a few corpus lines of its rejects."""
     counts = manifest["counts"]
     reasons = {**counts.get("dropped_by_reason", {}), **counts["rejected_by_reason"]}
-    if counts["empty"]:
-        reasons["empty"] = counts["empty"]
+    empty = counts.get("empty_by_reason") or {"empty": counts["empty"]}  # older manifests
+    reasons |= {reason: n for reason, n in empty.items() if n}
     examples: dict[str, list[int]] = {}
     rejects = out / "rejects.jsonl"
     if rejects.is_file():

@@ -49,6 +49,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write bad records to OUT/rejects.jsonl with their reason and go on",
     )
+    parser.add_argument(
+        "--empty",
+        choices=["skip", "error"],
+        default="skip",
+        help="records with nothing to train on (an empty document, an empty message, no "
+        "messages): skip and count them by reason, or treat them as bad records",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress and no summary, only errors"
@@ -79,6 +86,7 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "workers": args.workers,
         "skip_bad": args.skip_bad,
+        "empty": args.empty,
         "overwrite": args.overwrite,
         "quiet": args.quiet,
         "num_shards": args.num_shards,
@@ -123,12 +131,6 @@ def _add_prep_pt(prep: Any) -> None:
     )
     parser.add_argument("--eos-token", help="use this token as EOS instead of the tokenizer's")
     parser.add_argument(
-        "--empty",
-        choices=["skip", "error"],
-        default="skip",
-        help="empty documents: skip and count them, or treat them as bad records",
-    )
-    parser.add_argument(
         "--format",
         choices=["txt", "jsonl", "json", "parquet"],
         help="read every input in this format (default: from the file name)",
@@ -149,7 +151,6 @@ def _run_prep_pt(args: argparse.Namespace) -> int:
         last_block=args.last_block,
         eos=args.eos,
         eos_token=args.eos_token,
-        empty=args.empty,
         input_format=args.format,
         **_common_kwargs(args),
     )
@@ -290,18 +291,24 @@ def _run_prep_chat(args: argparse.Namespace) -> int:
 
 
 def _counts_line(manifest: dict[str, Any], out: str) -> str:
-    """``read = written + empty + rejected + dropped``, with the reasons."""
+    """``read = written + empty + rejected + dropped``, each with its reasons."""
     counts = manifest["counts"]
+
+    def reasons(key: str) -> str:
+        by_reason = counts.get(f"{key}_by_reason") or {}
+        if not by_reason or list(by_reason) == [key]:  # PT's empty documents say it already
+            return ""
+        return f" ({', '.join(f'{k} {v:,}' for k, v in by_reason.items())})"
+
     line = (
         f"  records  {counts['read']:,} read = {counts['written']:,} written "
-        f"+ {counts['empty']:,} empty + {counts['rejected']:,} rejected"
+        f"+ {counts['empty']:,} empty{reasons('empty') if counts['empty'] else ''} "
+        f"+ {counts['rejected']:,} rejected"
     )
     if counts["rejected"]:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["rejected_by_reason"].items())
-        line += f" ({reasons}; see {out}/rejects.jsonl)"
+        line += f"{reasons('rejected')[:-1]}; see {out}/rejects.jsonl)"
     if counts.get("dropped"):
-        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["dropped_by_reason"].items())
-        line += f" + {counts['dropped']:,} dropped ({reasons})"
+        line += f" + {counts['dropped']:,} dropped{reasons('dropped')}"
     return line
 
 

@@ -6,7 +6,9 @@ Options every conversation stage (``prep_sft``, ``prep_rm``, ``prep_dpo``,
 for conversations without one), ``max_length``, ``overlong`` (``"truncate"`` or ``"drop"``),
 ``same_role`` (``"reject"`` or ``"merge"`` two turns of one role in a row), ``format`` (record
 layout: ``"auto"`` or ``sharegpt``, ``openai``, ``alpaca``, ``medicalgpt_preference``,
-``legacy_preference``, ``trl_preference``, ``prompt``), ``workers``, ``skip_bad``,
+``legacy_preference``, ``trl_preference``, ``prompt``), ``empty`` (``"skip"``, the default: a
+record with nothing to train on, such as an empty message, is skipped and counted by reason;
+``"error"``: it is a bad record), ``workers``, ``skip_bad``,
 ``overwrite``, ``quiet``, ``num_shards``, ``shard_index``, ``shard_size`` and ``engine``
 (``"auto"``: the fast encoder where it is proven identical to the reference, the reference
 elsewhere; ``"fast"``; ``"reference"``: HF ``tokenizers`` 0.23 for every text). Unknown keywords
@@ -25,7 +27,7 @@ from ferrotune import _native
 PathLike = str | os.PathLike[str]
 # The keyword options every conversation stage takes besides its own (this module's docstring).
 CHAT_OPTIONS = ("template", "system", "max_length", "overlong", "same_role", "format",
-                "workers", "skip_bad", "overwrite", "quiet", "num_shards", "shard_index",
+                "empty", "workers", "skip_bad", "overwrite", "quiet", "num_shards", "shard_index",
                 "shard_size", "engine")  # fmt: skip
 
 

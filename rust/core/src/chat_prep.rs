@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::chat::{self, TemplateInfo};
-use crate::conversation::{Layout, SameRole};
+use crate::conversation::{Layout, Problem, SameRole};
 use crate::encoder::EngineChoice;
 use crate::error::{CoreError, RecordError, Result};
 use crate::input::Format;
@@ -72,6 +72,7 @@ struct RawOptions {
     overlong: String,
     learn: String,
     same_role: String,
+    empty: String,
     format: String,
     pack: bool,
     workers: usize,
@@ -98,6 +99,7 @@ impl Default for RawOptions {
             overlong: "truncate".into(),
             learn: "all".into(),
             same_role: "reject".into(),
+            empty: "skip".into(),
             format: "auto".into(),
             pack: false,
             workers: 0,
@@ -127,6 +129,9 @@ pub struct ChatOptions {
     pub overlong: Overlong,
     pub learn: Learn,
     pub same_role: SameRole,
+    /// A record with nothing to train on for a data reason (an empty message, no messages):
+    /// skipped and counted by reason, or a bad record.
+    pub empty: EmptyPolicy,
     /// Force one record layout instead of detecting it per record.
     pub layout: Option<Layout>,
     pub pack: bool,
@@ -188,6 +193,7 @@ impl ChatOptions {
             overlong: Overlong::parse(&raw.overlong)?,
             learn: Learn::parse(&raw.learn)?,
             same_role: SameRole::parse(&raw.same_role)?,
+            empty: EmptyPolicy::parse(&raw.empty)?,
             layout: Layout::parse_option(&raw.format)?,
             template: raw.template,
             system: raw.system,
@@ -206,6 +212,7 @@ impl ChatOptions {
             "max_length": self.max_length,
             "overlong": self.overlong.name(),
             "same_role": self.same_role.name(),
+            "empty": self.empty.name(),
             "format": self.layout.map_or("auto", Layout::name),
         });
         match value {
@@ -282,14 +289,11 @@ impl ChatRun {
             doc_sep: DocSep::Line,
             text_column: String::new(),
         };
-        let ran = self.run.run(
-            &options.common,
-            read,
-            EmptyPolicy::Skip,
-            stage,
-            cancel,
-            |row| write(row, &mut batcher),
-        )?;
+        let ran = self
+            .run
+            .run(&options.common, read, options.empty, stage, cancel, |row| {
+                write(row, &mut batcher)
+            })?;
         Ok(Pending {
             ran,
             batcher,
@@ -348,6 +352,25 @@ impl RecordAt<'_> {
         }
     }
 }
+
+impl RecordAt<'_> {
+    /// What a conversation problem makes of the record: an empty record (skipped and counted
+    /// by reason under `--empty skip`, the default: real data has the odd empty turn) for
+    /// [`EMPTY_REASONS`], else a bad record.
+    pub fn unusable<R>(&self, p: Problem) -> Outcome<R> {
+        let error = self.problem(p.reason, p.field, p.message);
+        if EMPTY_REASONS.contains(&p.reason) {
+            Outcome::Empty(error)
+        } else {
+            Outcome::Bad(error)
+        }
+    }
+}
+
+/// Problems of the data, not of its form: the record is well made but has nothing to train
+/// on (an empty message, no messages, for PPO no user turn to prompt with). Everything else
+/// (wrong types, unknown layouts, broken JSON) stays a bad record.
+pub const EMPTY_REASONS: [&str; 3] = ["empty_content", "empty", "no_prompt"];
 
 /// Parses a raw record into a JSON object, or the outcome that rejects it.
 pub fn json_object<R>(

@@ -765,6 +765,13 @@ pub fn prompt(
         }
         layout => {
             let mut conversation = conversation(record, layout, same_role)?;
+            if conversation.messages.is_empty() {
+                return Err(Problem {
+                    reason: "empty",
+                    field: None,
+                    message: "no messages".into(),
+                });
+            }
             let mut reference = None;
             if conversation.last_role() == Some("assistant") {
                 let last = conversation.messages.pop().expect("has a last message");

@@ -52,8 +52,9 @@ pub struct Counts {
     pub read: u64,
     /// Records whose tokens went into the output.
     pub written: u64,
-    /// Records with no text (empty or whitespace only), skipped.
+    /// Records with nothing to train on (an empty document, an empty message), skipped.
     pub empty: u64,
+    pub empty_by_reason: BTreeMap<String, u64>,
     /// Bad records (with `--skip-bad`; they are in `rejects.jsonl`).
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
@@ -68,6 +69,7 @@ impl Counts {
     /// The invariant every manifest satisfies.
     pub fn adds_up(&self) -> bool {
         self.read == self.written + self.empty + self.rejected + self.dropped
+            && self.empty == self.empty_by_reason.values().sum::<u64>()
             && self.rejected == self.rejected_by_reason.values().sum::<u64>()
             && self.dropped == self.dropped_by_reason.values().sum::<u64>()
     }

@@ -226,7 +226,13 @@ pub fn run<S: Stage>(
                                         tokens += consume(row)?;
                                     }
                                     Outcome::Empty(record) => match policy.empty {
-                                        EmptyPolicy::Skip => counts.empty += 1,
+                                        EmptyPolicy::Skip => {
+                                            counts.empty += 1;
+                                            *counts
+                                                .empty_by_reason
+                                                .entry(record.reason.to_string())
+                                                .or_default() += 1;
+                                        }
                                         EmptyPolicy::Error => {
                                             policy.rejects.reject(record, &mut counts)?
                                         }

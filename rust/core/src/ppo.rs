@@ -92,7 +92,7 @@ impl Stage for PromptStage<'_> {
         let problem = |reason, field, message| record.problem(reason, field, message);
         let mut prompt = match conversation::prompt(&record.map, layout, self.options.same_role) {
             Ok(prompt) => prompt,
-            Err(p) => return Ok(Outcome::Bad(problem(p.reason, p.field, p.message))),
+            Err(p) => return Ok(record.unusable(p)),
         };
         with_default_system(&mut prompt.prompt.messages, self.options.system.as_deref());
         let options = RenderOptions {

@@ -229,7 +229,7 @@ impl Stage for PairStage<'_> {
         let problem = |reason, field, message| record.problem(reason, field, message);
         let mut pair = match conversation::preference(&record.map, layout, self.options.same_role) {
             Ok(pair) => pair,
-            Err(p) => return Ok(Outcome::Bad(problem(p.reason, p.field, p.message))),
+            Err(p) => return Ok(record.unusable(p)),
         };
         let margin = match self.margin(&record) {
             Ok(margin) => margin,

@@ -224,6 +224,10 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(finish_hash(reader))
 }
 
+/// The UTF-8 byte-order mark: skipped at the start of every text input (txt, jsonl, json), as
+/// `datasets` and Python's `utf-8-sig` do.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
 /// Strips one trailing `\n` or `\r\n`.
 fn strip_newline(buf: &mut Vec<u8>) {
     if buf.last() == Some(&b'\n') {
@@ -256,6 +260,9 @@ fn read_lines(
             break;
         }
         line_no += 1;
+        if line_no == 1 && buf.starts_with(BOM) {
+            buf.drain(..BOM.len()); // Windows editors and Excel exports write one
+        }
         strip_newline(&mut buf);
         let consumed = reader.get_ref().bytes - reader.buffer().len() as u64;
         let record = match (doc_sep, json) {
@@ -313,18 +320,28 @@ fn read_lines(
     }))
 }
 
-/// Whether the first non-whitespace byte of the file is `[`.
+/// Whether the first non-whitespace byte of the file, after a byte-order mark, is `[`.
 fn starts_with_array(path: &Path) -> Result<bool> {
     let mut reader = BufReader::new(File::open(path).map_err(|e| CoreError::io(path, e))?);
+    let mut start = true;
     loop {
         let buf = reader.fill_buf().map_err(|e| CoreError::io(path, e))?;
         if buf.is_empty() {
             return Ok(false);
         }
-        let skip = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let bom = if start && buf.starts_with(BOM) {
+            BOM.len()
+        } else {
+            0
+        };
+        start = false;
+        let skip = bom
+            + buf[bom..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
         if skip < buf.len() {
-            // Also skip a UTF-8 byte-order mark.
-            return Ok(buf[skip] == b'[' || (buf[skip..].starts_with(b"\xef\xbb\xbf[")));
+            return Ok(buf[skip] == b'[');
         }
         let len = buf.len();
         reader.consume(len);
@@ -424,17 +441,11 @@ fn read_json_array(
             raw: String::new(),
         })
     };
-    // Skip whitespace and a byte-order mark, then expect '['.
-    scanner.skip_whitespace().map_err(io)?;
-    if scanner
-        .reader
-        .fill_buf()
-        .map_err(io)?
-        .starts_with(b"\xef\xbb\xbf")
-    {
-        scanner.reader.consume(3);
-        scanner.skip_whitespace().map_err(io)?;
+    // Skip a byte-order mark and whitespace, then expect '['.
+    if scanner.reader.fill_buf().map_err(io)?.starts_with(BOM) {
+        scanner.reader.consume(BOM.len());
     }
+    scanner.skip_whitespace().map_err(io)?;
     if scanner.bump().map_err(io)? != Some(b'[') {
         return Err(structure(scanner.line, "expected a JSON array"));
     }
@@ -687,6 +698,60 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             let err = collect(&path, Format::Json, DocSep::Line).unwrap_err();
             assert!(err.to_string().contains(message), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_crlf_ends_lines_in_every_text_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let bom = "\u{feff}";
+        let cases: [(&str, Format, DocSep, String); 6] = [
+            (
+                "a.txt",
+                Format::Txt,
+                DocSep::Line,
+                format!("{bom}one\r\ntwo\r\n"),
+            ),
+            (
+                "b.txt",
+                Format::Txt,
+                DocSep::BlankLine,
+                format!("{bom}one\r\n\r\ntwo\r\n"),
+            ),
+            (
+                "a.jsonl",
+                Format::Jsonl,
+                DocSep::Line,
+                format!("{bom}{{\"text\": \"one\"}}\r\n\r\n{{\"text\": \"two\"}}\r\n"),
+            ),
+            (
+                "lines.json",
+                Format::Json,
+                DocSep::Line,
+                format!("{bom}{{\"text\": \"one\"}}\r\n{{\"text\": \"two\"}}\r\n"),
+            ),
+            (
+                "array.json",
+                Format::Json,
+                DocSep::Line,
+                format!("{bom}[{{\"text\": \"one\"}},\r\n{{\"text\": \"two\"}}]\r\n"),
+            ),
+            (
+                "spaced.json",
+                Format::Json,
+                DocSep::Line,
+                format!("{bom}\r\n  [{{\"text\": \"one\"}},\r\n{{\"text\": \"two\"}}]"),
+            ),
+        ];
+        for (name, format, doc_sep, content) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &content).unwrap();
+            let records = collect(&path, format, doc_sep).unwrap();
+            let got: Vec<String> = texts(&records)
+                .into_iter()
+                .map(|(_, text)| text.replace(r#"{"text":"#, "").replace(['"', '}'], ""))
+                .collect();
+            assert_eq!(got, ["one", "two"], "{name}");
         }
     }
 }

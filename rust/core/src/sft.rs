@@ -175,7 +175,7 @@ impl Stage for SftStage<'_> {
         let mut conversation =
             match conversation::conversation(&record.map, layout, self.options.same_role) {
                 Ok(conversation) => conversation,
-                Err(p) => return Ok(Outcome::Bad(problem(p.reason, p.field, p.message))),
+                Err(p) => return Ok(record.unusable(p)),
             };
         if conversation.messages.is_empty() {
             return Ok(Outcome::Empty(problem("empty", None, "no messages".into())));
