@@ -40,6 +40,17 @@ class TrainConfig(TrainingArguments):
         default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
     )
     loss_plot: bool = field(default=True, metadata={"help": "write loss.png into output_dir"})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "run a model folder's own Python code (auto_map); off: refused"},
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "load pickle weights (pytorch_model.bin), which can run code; off: "
+            "safetensors only"
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "ferrotune's collators pick the columns they need"}
     )

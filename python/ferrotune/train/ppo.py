@@ -38,7 +38,7 @@ from tokenizers import Tokenizer
 from ferrotune.errors import ConfigError
 from ferrotune.train.base import NonFiniteLossError
 from ferrotune.train.config import PpoConfig
-from ferrotune.train.models import load_causal_lm, load_reward_model
+from ferrotune.train.models import load_causal_lm, load_reward_model, model_access
 from ferrotune.train.plots import plot_history
 from ferrotune.train.ppo_math import gae, masked_mean, masked_whiten, policy_loss, token_rewards
 from ferrotune.train.ppo_math import value_loss as clipped_value_loss
@@ -160,19 +160,32 @@ class PpoRun:
                 f"resume_from_checkpoint={resume}: no {STATE} there (not a PPO checkpoint)",
                 option="resume_from_checkpoint",
             )
-        self.actor = load_causal_lm(str(resume or config.model), seed=config.seed)
-        self.reference = _frozen(load_causal_lm(config.reference or config.model, seed=config.seed))
+        self.actor = load_causal_lm(
+            str(resume or config.model), seed=config.seed, **model_access(config)
+        )
+        self.reference = _frozen(
+            load_causal_lm(
+                config.reference or config.model, seed=config.seed, **model_access(config)
+            )
+        )
         critic_from = config.critic or config.reward_model or config.model
         if resume is not None:
             critic_from = str(resume / "critic")
-        self.critic = load_reward_model(critic_from, seed=config.seed, pad_id=self.pad_id)
+        self.critic = load_reward_model(
+            critic_from, seed=config.seed, pad_id=self.pad_id, **model_access(config)
+        )
         self.reward_model = None
         self.reward_fn = None
         if config.reward_fn:
             self.reward_fn = load_reward_fn(config.reward_fn)
         else:
             self.reward_model = _frozen(
-                load_reward_model(config.reward_model, seed=config.seed, pad_id=self.pad_id)
+                load_reward_model(
+                    config.reward_model,
+                    seed=config.seed,
+                    pad_id=self.pad_id,
+                    **model_access(config),
+                )
             )
         self.actor_optimizer = torch.optim.AdamW(
             self.actor.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

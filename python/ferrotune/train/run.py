@@ -24,7 +24,7 @@ from ferrotune.train.config import (
     TrainConfig,
 )
 from ferrotune.train.dpo import DpoCollator, DpoTrainer, WithReferenceLogps, reference_logps
-from ferrotune.train.models import load_causal_lm, load_reward_model
+from ferrotune.train.models import load_causal_lm, load_reward_model, model_access
 from ferrotune.train.plots import LossPlot
 from ferrotune.train.reward import PairCollator, RewardTrainer
 
@@ -93,7 +93,9 @@ def train(stage: str, config: TrainConfig) -> Path:
     common = {"args": config, "eval_dataset": eval_data, "callbacks": [LossPlot()]}
     trainer: FerrotuneTrainer
     if stage == "rm":
-        model = load_reward_model(config.model, seed=config.seed, pad_id=pad["id"])
+        model = load_reward_model(
+            config.model, seed=config.seed, pad_id=pad["id"], **model_access(config)
+        )
         _check_vocabulary(model.get_input_embeddings(), manifest, config)
         trainer = RewardTrainer(
             model=_prepared(model, config, "SEQ_CLS"),
@@ -102,7 +104,7 @@ def train(stage: str, config: TrainConfig) -> Path:
             **common,
         )
     else:
-        model = load_causal_lm(config.model, seed=config.seed)
+        model = load_causal_lm(config.model, seed=config.seed, **model_access(config))
         check_plain_lm_head(model)
         _check_vocabulary(model.get_output_embeddings(), manifest, config)
         if stage == "dpo":
@@ -136,7 +138,9 @@ def train(stage: str, config: TrainConfig) -> Path:
 def _dpo_trainer(model, config, train, evaluation, pad_id, common) -> DpoTrainer:
     """The reference is ``config.reference`` or a frozen copy of the starting model; its
     log-probs are precomputed for the training and the evaluation pairs alike."""
-    reference = load_causal_lm(config.reference or config.model, seed=config.seed)
+    reference = load_causal_lm(
+        config.reference or config.model, seed=config.seed, **model_access(config)
+    )
     if not config.precompute_ref_logps:
         return DpoTrainer(
             model=model,
