@@ -24,7 +24,6 @@ start without them; torch is never imported (the manifest is read by
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import unicodedata
@@ -138,7 +137,8 @@ def use_color(choice: str) -> bool:
 
 
 def load_tokenizer(manifest: dict[str, Any], override: str | None) -> Tokenizer:
-    """The tokenizer the folder was prepared with; warns on stderr if its file has changed.
+    """The tokenizer the folder was prepared with; warns on stderr if it is another one (by the
+    manifest's fingerprint, so a re-saved ``tokenizer.json`` with the same ids is no other).
 
     The manifest records the path as given to ``prep`` (often relative to where it ran), so a
     missing file names ``--tokenizer`` as the way out.
@@ -149,6 +149,8 @@ def load_tokenizer(manifest: dict[str, Any], override: str | None) -> Tokenizer:
         raise TokenizerError(
             "ferrotune inspect decodes with the `tokenizers` package: pip install tokenizers"
         ) from error
+    from ferrotune.data.manifest import same_tokenizer
+
     recorded = manifest["tokenizer"]
     path = Path(override or recorded["path"])
     if path.is_dir():
@@ -161,11 +163,12 @@ def load_tokenizer(manifest: dict[str, Any], override: str | None) -> Tokenizer:
             f"paths are read from {Path.cwd()}); pass --tokenizer PATH"
         )
         raise TokenizerError(message, path=str(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if recorded.get("sha256") and digest != recorded["sha256"]:
+    known = recorded.get("fingerprint") or recorded.get("sha256")
+    if known and not same_tokenizer(recorded, path):
+        which = "fingerprint" if recorded.get("fingerprint") else "sha256"
         print(
             f"ferrotune: warning: {path} is not the tokenizer.json the folder was prepared "
-            "with (sha256 differs); decoded text may be wrong",
+            f"with ({which} differs); decoded text may be wrong",
             file=sys.stderr,
         )
     try:

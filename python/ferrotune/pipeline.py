@@ -212,7 +212,7 @@ def _prepare(
 ) -> Path:
     """Shards of ``inputs`` in ``out`` (the stage's training or evaluation data, recorded as
     ``field_name``): reused when the manifest still matches, else prepped afresh."""
-    from ferrotune.data.manifest import read_manifest
+    from ferrotune.data.manifest import read_manifest, same_tokenizer
 
     prep = {k: v for k, v in pipeline.stages[stage]["prep"].items() if k not in PREP_INPUTS}
     files = _input_files(inputs)
@@ -225,7 +225,7 @@ def _prepare(
         manifest = read_manifest(out)
         listed = {str(Path(i["path"]).resolve()): i["sha256"] for i in manifest["inputs"]}
         now = {path: _sha256(Path(path)) for path in files}
-        if listed == now and manifest["tokenizer"]["sha256"] == _sha256(tokenizer_file):
+        if listed == now and same_tokenizer(manifest["tokenizer"], tokenizer_file):
             print(f"ferrotune: {stage} {what} reused: {out} (manifest matches the inputs)")
             return out
     prep_fn = getattr(prep_functions, f"prep_{stage}")

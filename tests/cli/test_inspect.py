@@ -251,6 +251,34 @@ def test_relative_tokenizer_path_elsewhere_names_the_way_out(capsys, monkeypatch
     assert "[[2+2 is 4.<|im_end|>]]" in output
 
 
+def test_a_resaved_tokenizer_decodes_quietly_but_a_changed_one_is_warned_about(
+    capsys, sft_out, tmp_path
+):
+    """The warning compares the manifest's fingerprint, not the file's bytes: the tokenizer
+    spelled as an older writer would (merges as strings, keys sorted) is the same one."""
+    tokenizer = json.loads((TOKENIZER / "tokenizer.json").read_text(encoding="utf-8"))
+    model = tokenizer["model"]
+    model["merges"] = [" ".join(pair) for pair in model["merges"]]
+    resaved = tmp_path / "resaved.json"
+    resaved.write_text(json.dumps(tokenizer, sort_keys=True), encoding="utf-8")
+    assert resaved.read_bytes() != (TOKENIZER / "tokenizer.json").read_bytes()
+    inspect_output(capsys, str(sft_out), "--tokenizer", str(resaved), "--color", "never")
+    assert "warning" not in capsys.readouterr().err
+    vocab = model["vocab"]
+    a, b = (next(token for token, i in vocab.items() if i == id_) for id_ in (300, 301))
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two entries trade ids
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(tokenizer), encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    inspect.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["inspect", str(sft_out), "--tokenizer", str(changed)])
+    assert args.run(args) == 0
+    assert (
+        f"ferrotune: warning: {changed} is not the tokenizer.json the folder was prepared with "
+        "(fingerprint differs)" in capsys.readouterr().err
+    )
+
+
 def test_control_characters_in_data_are_escaped(capsys, tmp_path):
     source = write_sharegpt(
         tmp_path / "chat.jsonl", [[("human", "red \x1b[31m alert\r"), ("gpt", "ok")]]

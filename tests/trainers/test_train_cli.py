@@ -194,6 +194,96 @@ def test_a_model_with_another_tokenizer_is_named(sft_few, tiny_config, tmp_path,
     assert f"prep the data again with --tokenizer {model}" in err
 
 
+def _config_folder(tiny_config: Path, folder: Path) -> Path:
+    """``folder`` with the tiny config as its ``config.json``: ``--model`` for a model
+    random-initialised there (a tokenizer is added by each test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(tiny_config.read_text())
+    return folder
+
+
+def _legacy_spelling(tokenizer: dict) -> dict:
+    """``tokenizer`` as an older writer spelled it: merges as ``"a b"`` strings, keys sorted."""
+    model = dict(tokenizer["model"], merges=[" ".join(p) for p in tokenizer["model"]["merges"]])
+    return json.loads(json.dumps(dict(tokenizer, model=model), sort_keys=True))
+
+
+@pytest.mark.parametrize("how", ["AutoTokenizer", "PreTrainedTokenizerFast", "legacy"])
+def test_a_model_with_the_datas_tokenizer_resaved_trains(
+    how, sft_few, tiny_config, qwen_tokenizer, tmp_path
+):
+    """Every checkpoint re-serialises ``tokenizer.json`` (``save_pretrained``): other bytes, the
+    same ids. The data was prepped with the Qwen tokenizer; its re-saved copy must be accepted."""
+    model = _config_folder(tiny_config, tmp_path / "model")
+    source = qwen_tokenizer / "tokenizer.json"
+    if how == "AutoTokenizer":
+        transformers.AutoTokenizer.from_pretrained(qwen_tokenizer).save_pretrained(model)
+    elif how == "PreTrainedTokenizerFast":
+        transformers.PreTrainedTokenizerFast(tokenizer_file=str(source)).save_pretrained(model)
+    else:
+        legacy = _legacy_spelling(json.loads(source.read_text(encoding="utf-8")))
+        (model / "tokenizer.json").write_text(json.dumps(legacy, ensure_ascii=False))
+    if how != "PreTrainedTokenizerFast":  # read as is, Qwen2's file is written back unchanged
+        assert (model / "tokenizer.json").read_bytes() != source.read_bytes()
+    out = tmp_path / "out"
+    args = ["train", "sft", "--model", str(model), "--data", str(sft_few), "--output-dir",
+            str(out), "max_steps=1", *QUIET]  # fmt: skip
+    assert main(args) == 0
+    assert (out / "config.json").is_file()
+
+
+def _swap_vocab_ids(tokenizer: dict) -> None:
+    vocab = tokenizer["model"]["vocab"]
+    vocab["hello"], vocab["world"] = vocab["world"], vocab["hello"]
+
+
+def _change_a_merge(tokenizer: dict) -> None:
+    merges = tokenizer["model"]["merges"]
+    assert merges[2] == ["i", "n"]
+    merges[2] = ["o", "n"]
+
+
+def _move_an_added_token(tokenizer: dict) -> None:
+    token = next(t for t in tokenizer["added_tokens"] if t["content"] == "<|im_end|>")
+    token["id"] = 151700
+
+
+def _unspecial_an_added_token(tokenizer: dict) -> None:
+    token = next(t for t in tokenizer["added_tokens"] if t["content"] == "<|im_start|>")
+    assert token["special"]
+    token["special"] = False
+
+
+def _change_the_normalizer(tokenizer: dict) -> None:
+    assert tokenizer["normalizer"] == {"type": "NFC"}
+    tokenizer["normalizer"] = {"type": "NFKC"}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [_swap_vocab_ids, _change_a_merge, _move_an_added_token, _unspecial_an_added_token,
+     _change_the_normalizer],
+    ids=lambda edit: edit.__name__.strip("_"),
+)  # fmt: skip
+def test_a_model_with_a_changed_tokenizer_is_refused(
+    edit, sft_few, tiny_config, qwen_tokenizer, tmp_path, capsys
+):
+    """One vocabulary entry, merge, added token or the normaliser changed is another tokenizer:
+    its fingerprint differs from the manifest's, and training is refused as for any other."""
+    from ferrotune import _native
+
+    tokenizer = json.loads((qwen_tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
+    edit(tokenizer)
+    model = _config_folder(tiny_config, tmp_path / "model")
+    (model / "tokenizer.json").write_text(json.dumps(_legacy_spelling(tokenizer)))
+    manifest = json.loads((sft_few / "manifest.json").read_text())
+    assert _native.tokenizer_fingerprint(model) != manifest["tokenizer"]["fingerprint"]
+    assert main(["train", "sft", "--model", str(model), "--data", str(sft_few)]) == 1
+    err = capsys.readouterr().err
+    assert f"--model {model} has another tokenizer than the data" in err
+    assert f"prep the data again with --tokenizer {model}" in err
+
+
 def test_gradient_checkpointing_gives_the_same_steps(sft_few, tiny_config, tmp_path):
     """The loss reads the final hidden states (``logits_to_keep=1``, ``output_hidden_states``):
     recomputing activations in the backward must not change losses or gradient norms."""

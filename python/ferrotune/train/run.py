@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import transformers
 
-from ferrotune.data.manifest import read_manifest
+from ferrotune.data.manifest import read_manifest, same_tokenizer
 from ferrotune.data.shards import ShardDataset
 from ferrotune.errors import ConfigError
 from ferrotune.train.base import FerrotuneTrainer
@@ -59,13 +58,15 @@ def shards_of(path: str, stage: str) -> tuple[ShardDataset, dict]:
 
 
 def check_tokenizer(model: str, manifest: dict) -> None:
-    """A model folder that ships a tokenizer must ship the one the data was prepped with (the
-    manifest records its sha256): other ids would train silently on the wrong tokens."""
+    """A model folder that ships a tokenizer must ship the one the data was prepped with: other
+    ids would train silently on the wrong tokens. Compared by the fingerprint the manifest
+    records (what decides the ids), so a checkpoint whose ``tokenizer.json`` ``save_pretrained``
+    re-serialised is accepted; an older manifest has only the file's sha256."""
     file = Path(model) / "tokenizer.json"
     if not file.is_file():
         return
     recorded = manifest["tokenizer"]
-    if hashlib.sha256(file.read_bytes()).hexdigest() != recorded["sha256"]:
+    if not same_tokenizer(recorded, file):
         raise ConfigError(
             f"--model {model} has another tokenizer than the data, which was prepped with "
             f"{recorded['path']}: prep the data again with --tokenizer {model}",

@@ -11,6 +11,7 @@ pub mod chat_prep;
 pub mod conversation;
 pub mod encoder;
 pub mod error;
+pub mod fingerprint;
 pub mod input;
 pub mod manifest;
 pub mod mask;

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::encoder::{Encoder, EngineChoice, Engines};
 use crate::error::{CoreError, Result};
+use crate::fingerprint::fingerprint;
 use crate::reader::hex;
 use crate::tokenizer_file::TokenizerFile;
 use crate::vocabulary::Vocabulary;
@@ -39,7 +40,11 @@ pub struct LoadedTokenizer {
 pub struct TokenizerInfo {
     /// The `tokenizer.json` that was loaded.
     pub path: PathBuf,
+    /// The file's bytes: changes whenever it is re-saved.
     pub sha256: String,
+    /// What decides the ids ([`crate::fingerprint`]): the same for a `tokenizer.json` that
+    /// `save_pretrained` re-serialised, so later stages compare this.
+    pub fingerprint: String,
     /// Vocabulary size including added tokens.
     pub vocab_size: usize,
     pub bos: Option<SpecialToken>,
@@ -69,25 +74,13 @@ impl LoadedTokenizer {
             path: path.to_path_buf(),
             message,
         };
-        let (json_path, config_path) = if path.is_dir() {
-            let json = path.join("tokenizer.json");
-            if !json.is_file() {
-                return Err(bad(
-                    "folder has no tokenizer.json (a HF model folder or a tokenizer.json file is expected)"
-                        .into(),
-                ));
-            }
-            (json, path.join("tokenizer_config.json"))
-        } else if path.is_file() {
-            let sibling = path.with_file_name("tokenizer_config.json");
-            (path.to_path_buf(), sibling)
-        } else {
-            return Err(bad("no such file or folder".into()));
-        };
+        let json_path = tokenizer_json(path)?;
+        let config_path = json_path.with_file_name("tokenizer_config.json");
         let bytes = std::fs::read(&json_path).map_err(|e| CoreError::io(&json_path, e))?;
         let not_hf = |message: String| bad(format!("not a HuggingFace tokenizer.json: {message}"));
         let text = std::str::from_utf8(&bytes).map_err(|e| not_hf(e.to_string()))?;
         let file = TokenizerFile::parse(text).map_err(not_hf)?;
+        let fingerprint = fingerprint(&file).map_err(not_hf)?;
         let vocabulary = Vocabulary::from_file(&file.skeleton, file.vocab).map_err(not_hf)?;
         let engines = Engines::load(engine, &file, &vocabulary, &json_path)?;
 
@@ -142,6 +135,7 @@ impl LoadedTokenizer {
         };
         let info = TokenizerInfo {
             sha256: hex(&Sha256::digest(&bytes)),
+            fingerprint,
             path: json_path,
             vocab_size: vocabulary.size(),
             bos,
@@ -233,6 +227,27 @@ impl LoadedTokenizer {
             return Ok(Some((source, file.display().to_string())));
         }
         Ok(None)
+    }
+}
+
+/// The `tokenizer.json` of `path`: the file itself, or the one in a model folder.
+pub fn tokenizer_json(path: &Path) -> Result<PathBuf> {
+    let bad = |message: &str| CoreError::Tokenizer {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    if path.is_dir() {
+        let json = path.join("tokenizer.json");
+        if !json.is_file() {
+            return Err(bad(
+                "folder has no tokenizer.json (a HF model folder or a tokenizer.json file is expected)",
+            ));
+        }
+        Ok(json)
+    } else if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(bad("no such file or folder"))
     }
 }
 

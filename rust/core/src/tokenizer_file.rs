@@ -66,6 +66,12 @@ impl<'a> TokenizerFile<'a> {
         })
     }
 
+    /// `model.merges` as written, when it is in the canonical form (pairs); otherwise the
+    /// merges are parsed into `skeleton` (legacy `"a b"` strings).
+    pub fn raw_merges(&self) -> Option<&'a RawValue> {
+        self.merges
+    }
+
     /// The file as JSON text with `skeleton` (converted from this file's) in place of the
     /// small parts and this file's raw vocabulary and merges put back.
     pub fn assemble(&self, skeleton: &Value) -> Result<String, String> {

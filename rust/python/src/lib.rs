@@ -227,6 +227,16 @@ fn builtin_templates() -> Vec<(&'static str, &'static str)> {
     ferrotune_core::chat::BUILTINS.to_vec()
 }
 
+/// The fingerprint of a tokenizer (a model folder or a `tokenizer.json`): a SHA-256 over what
+/// decides its ids, the same for a file `save_pretrained` re-serialised. The manifest records it
+/// as `tokenizer.fingerprint`; the trainers compare a model folder's with this one function, so
+/// prep and training agree by construction.
+#[pyfunction]
+fn tokenizer_fingerprint(py: Python<'_>, path: std::path::PathBuf) -> PyResult<String> {
+    py.detach(|| ferrotune_core::fingerprint::fingerprint_path(&path))
+        .map_err(|e| to_py_err(py, e))
+}
+
 enum Stage {
     Sft,
     Pairs(Kind),
@@ -384,5 +394,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prep_chat, m)?)?;
     m.add_function(wrap_pyfunction!(builtin_templates, m)?)?;
     m.add_function(wrap_pyfunction!(render_chat_template, m)?)?;
+    m.add_function(wrap_pyfunction!(tokenizer_fingerprint, m)?)?;
     Ok(())
 }
