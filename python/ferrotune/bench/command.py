@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ferrotune.bench import corpora, kernels, prep
+from ferrotune.bench import kernels, prep, prep_spec
 
 DEFAULT_OUT = Path("bench") / "out"
 
@@ -159,7 +159,7 @@ def _add_prep(suites: Any) -> None:
     )
     parser.add_argument(
         "--corpus",
-        type=name_list(lambda: corpora.CORPORA),
+        type=name_list(lambda: prep_spec.CORPORA),
         help="named corpora, comma list: medicalgpt (beside the checkout), examples, stdlib "
         "(CPython's standard library .py files, a line a document; pt only) (default: pt "
         "medicalgpt,stdlib; sft and dpo medicalgpt; medicalgpt falls back to examples)",

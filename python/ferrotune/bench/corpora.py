@@ -18,28 +18,10 @@ import math
 import os
 import sysconfig
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ferrotune.bench.measure import MB, BenchError
-
-if TYPE_CHECKING:
-    from ferrotune.bench.prep import Settings, Stage
-
-MEDICALGPT, EXAMPLES, STDLIB = "medicalgpt", "examples", "stdlib"
-CORPORA = (MEDICALGPT, EXAMPLES, STDLIB)  # what --corpus names
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """A stage's source records: ``name`` (a :data:`CORPORA` name or ``--input``'s), files."""
-
-    name: str
-    files: tuple[Path, ...]
-    natural: bool = False  # default size: the files once, not the stage's default_mb
-    suffix: str = ""  # of the corpus file (default: the sources')
-    about: str = ""  # what it is, printed (default: the files)
+from ferrotune.bench.prep_spec import EXAMPLES, MEDICALGPT, STDLIB, Corpus, Settings, Stage
 
 
 def roots() -> list[Path]:

@@ -23,20 +23,21 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ferrotune.bench import envs, measure, table
 from ferrotune.bench.corpora import (
-    MEDICALGPT,
     corpora,
     corpus_file,
     find_tokenizer,
 )
 from ferrotune.bench.measure import MB, BenchError
 from ferrotune.bench.prep_cli import cli_run, manifest_figures, prep_cost, version_cost
+from ferrotune.bench.prep_spec import Contender, PrepRun, Settings, Stage
+
+__all__ = ["Contender", "PrepRun", "Settings", "Stage"]  # the stage modules' and the command's
 
 STAGES = ("pt", "sft", "dpo")
 QUICK_MB = 0.2
@@ -52,85 +53,6 @@ time, interpreter start-up included; ferrotune, ferrotune-*: prep_<stage>'s elap
 tiktoken): load + encode (tokenizer.json, reading the corpus, encoding: what a user's script
 pays); datasets, hf, trl: tokenizer load to the last write. time vs encode only (s): ours against
 a bare engine's encode calls alone, nothing loaded or read (ours still includes its load)."""
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One way to prepare a stage's data, run as ``ferrotune.bench.<child>(**kwargs)``.
-
-    ``child`` is ``"MODULE:FUNCTION"``, or :data:`CLI` for the ``ferrotune prep`` command (its
-    ``options`` as flags). A ``bare:`` child runs ``bare.py`` as a script, under ``env``'s
-    interpreter (an :data:`ferrotune.bench.envs.ENVS` name) or this one.
-    """
-
-    name: str
-    child: str
-    ours: bool = False
-    needs: tuple[str, ...] = ()  # modules it imports beyond ferrotune's dependencies
-    options: dict[str, Any] = field(default_factory=dict)  # more child kwargs (engine=...)
-    env: str = ""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """What a stage module (``prep_pt``, ...) tells the runner."""
-
-    name: str
-    subdir: str  # the MedicalGPT folder with this stage's records
-    pattern: str  # its source files
-    records: str  # what they hold, for messages
-    items: str  # what a contender writes: "blocks", "conversations", "pairs"
-    default_mb: float
-    contenders: tuple[Contender, ...]
-    comparable: tuple[tuple[str, str], ...]  # (ours, baseline) that must write the same tokens
-    check: Callable[[Sequence[PrepRun], dict[str, Any]], bool]  # prints; False on disagreement
-    example: str  # the examples/ subfolder with such records
-    keep_blank: bool = False  # keep blank source lines (pt: they are empty documents)
-    packages: tuple[str, ...] = ()  # versions worth printing
-    child_kwargs: Callable[[Path], dict[str, Any]] = lambda corpus: {}  # for every child
-    corpora: tuple[str, ...] = (MEDICALGPT,)  # its default corpora, in order
-
-
-@dataclass
-class PrepRun:
-    """One contender on one corpus; ``error`` says why the figures are missing."""
-
-    stage: str
-    contender: str
-    corpus_mb: float
-    workers: int = 1
-    records: int = 0  # records read
-    items: int = 0  # rows written
-    tokens: int = 0  # tokens written (pt: document tokens + EOS, before packing)
-    seconds: float = math.nan  # see TIME_NOTE
-    wall_seconds: float = math.nan  # the whole subprocess
-    peak_rss_mb: float = math.nan  # summed over the subprocess and its descendants, 10^6 bytes
-    detail: dict[str, Any] = field(default_factory=dict)  # the stage's own figures
-    error: str = ""
-    label: str = ""  # how checks name it: the contender, with its workers when several ran
-
-    def __post_init__(self) -> None:
-        self.label = self.label or self.contender
-
-    @property
-    def rate(self) -> float:
-        return self.items / self.seconds if self.seconds > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What ``ferrotune bench prep`` measures (its options, by name)."""
-
-    stages: Sequence[str] = ()  # empty: every stage whose data is found
-    input: Path | None = None
-    corpus: Sequence[str] | None = None  # CORPORA names; None: each stage's own
-    tokenizer: Path | None = None
-    size_mb: Sequence[float] | None = None  # corpus sizes; None: the corpus's (QUICK_MB quick)
-    only: Sequence[str] | None = None  # contender names; None: all
-    baselines_all_sizes: bool = False  # baselines at every size, not only the first
-    workers: Sequence[int] | None = None  # each a run: ferrotune threads, num_proc, Rayon
-    setup_envs: bool = False  # create the envs.ENVS environments that are missing
-    quick: bool = False
 
 
 def stage(name: str) -> Stage:

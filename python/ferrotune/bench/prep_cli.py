@@ -11,14 +11,12 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ferrotune.bench import measure, table
 from ferrotune.bench.bare import is_document
 from ferrotune.bench.measure import MB, BenchError
-
-if TYPE_CHECKING:
-    from ferrotune.bench.prep import Stage
+from ferrotune.bench.prep_spec import Stage
 
 
 def manifest_figures(

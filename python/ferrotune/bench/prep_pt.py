@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from ferrotune.bench.bare import is_document
-from ferrotune.bench.corpora import MEDICALGPT, STDLIB
 from ferrotune.bench.prep import (
     CLI,
     Contender,
@@ -50,6 +49,7 @@ from ferrotune.bench.prep import (
     agree,
     ferrotune_child,
 )
+from ferrotune.bench.prep_spec import MEDICALGPT, STDLIB
 
 BLOCK_SIZE = 1024
 FERROTUNE_OPTIONS = {"block_size": BLOCK_SIZE}

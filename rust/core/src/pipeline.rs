@@ -339,6 +339,7 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
             chunk_bytes += match &record.kind {
                 RawKind::Text(bytes) | RawKind::Json(bytes) => bytes.len(),
                 RawKind::Cell(text) => text.as_ref().map_or(0, String::len),
+                RawKind::TooLarge(_) => 0,
             };
             items.push(Item::Raw(index, record));
             if items.len() >= CHUNK_RECORDS || chunk_bytes >= CHUNK_BYTES {

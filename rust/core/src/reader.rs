@@ -66,7 +66,14 @@ pub enum RawKind {
     Json(Vec<u8>),
     /// A Parquet cell of the text column (`None` when null).
     Cell(Option<String>),
+    /// A line, paragraph or JSON element longer than [`MAX_RECORD_BYTES`]: its length. Its bytes
+    /// were read past, not kept, so a 2 GB line costs no more memory than a short one.
+    TooLarge(u64),
 }
+
+/// The largest record a reader hands on (256 MiB): far beyond any training document or
+/// conversation, small enough that a corrupt file (a 2 GB line) cannot exhaust memory.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
 
 /// A parsed record.
 #[derive(Debug)]
@@ -122,6 +129,15 @@ impl RawRecord {
                     )
                 })
             }
+            RawKind::TooLarge(bytes) => Err(bad(
+                "too_large",
+                None,
+                format!(
+                    "a record of {bytes} bytes, larger than the {} MiB a record may be",
+                    MAX_RECORD_BYTES >> 20
+                ),
+                String::new(),
+            )),
             RawKind::Cell(Some(text)) => Ok(Body::Text(text)),
             RawKind::Cell(None) => Err(bad(
                 "missing_field",
@@ -238,6 +254,98 @@ fn strip_newline(buf: &mut Vec<u8>) {
     }
 }
 
+/// Reads one line into `buf` (its `\n` included), keeping at most [`MAX_RECORD_BYTES`] + 1
+/// bytes: a longer line is read to its end without being kept (`buf` left empty). Returns the
+/// bytes read (for a line not kept, without its line end) and whether they were kept.
+fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<(u64, bool)> {
+    let limit = MAX_RECORD_BYTES as u64 + 1;
+    let n = reader.take(limit).read_until(b'\n', buf)? as u64;
+    if n < limit || buf.last() == Some(&b'\n') {
+        return Ok((n, true));
+    }
+    let mut total = n;
+    loop {
+        buf.clear();
+        let more = reader.take(1 << 20).read_until(b'\n', buf)? as u64;
+        total += more;
+        if more == 0 || buf.last() == Some(&b'\n') {
+            let ending = if buf.ends_with(b"\r\n") {
+                2
+            } else {
+                u64::from(more > 0)
+            };
+            buf.clear();
+            return Ok((total - ending, false)); // the record's bytes, without its line end
+        }
+    }
+}
+
+/// A blank-line paragraph being gathered: from its first line, its bytes, or only their count
+/// once it is larger than a record may be.
+enum Paragraph {
+    Closed,
+    Open { start: u64, text: Vec<u8> },
+    TooLarge { start: u64, bytes: u64 },
+}
+
+impl Paragraph {
+    /// Adds a non-blank line (`None`: one too long to have been kept, of `bytes` bytes).
+    fn add(&mut self, line_no: u64, line: Option<&[u8]>, bytes: u64) {
+        *self = match std::mem::replace(self, Paragraph::Closed) {
+            Paragraph::Closed => Paragraph::Open {
+                start: line_no,
+                text: Vec::new(),
+            },
+            open => open,
+        }
+        .with(line, bytes);
+    }
+
+    fn with(self, line: Option<&[u8]>, bytes: u64) -> Paragraph {
+        match (self, line) {
+            (Paragraph::Open { start, mut text }, Some(line))
+                if text.len() + line.len() < MAX_RECORD_BYTES =>
+            {
+                if !text.is_empty() {
+                    text.push(b'\n');
+                }
+                text.extend_from_slice(line);
+                Paragraph::Open { start, text }
+            }
+            (Paragraph::Open { start, text }, _) => Paragraph::TooLarge {
+                start,
+                bytes: text.len() as u64 + bytes,
+            },
+            (
+                Paragraph::TooLarge {
+                    start,
+                    bytes: so_far,
+                },
+                _,
+            ) => Paragraph::TooLarge {
+                start,
+                bytes: so_far + bytes,
+            },
+            (Paragraph::Closed, _) => unreachable!("add opens the paragraph first"),
+        }
+    }
+
+    /// The record of the paragraph that a blank line (or the end of the file) closes.
+    fn close(&mut self) -> Option<RawRecord> {
+        match std::mem::replace(self, Paragraph::Closed) {
+            Paragraph::Closed => None,
+            Paragraph::Open { start, text } => Some(RawRecord {
+                line: start,
+                kind: RawKind::Text(text),
+            }),
+            Paragraph::TooLarge { start, bytes } => Some(RawRecord {
+                line: start,
+                kind: RawKind::TooLarge(bytes),
+            }),
+        }
+    }
+}
+
 fn read_lines(
     file: &InputFile,
     doc_sep: DocSep,
@@ -248,14 +356,10 @@ fn read_lines(
     let mut reader = open_hashing(path)?;
     let mut records = 0u64;
     let mut line_no = 0u64;
-    // For blank-line paragraphs: the document being gathered and its first line.
-    let mut paragraph: Vec<u8> = Vec::new();
-    let mut paragraph_start = 0u64;
+    let mut paragraph = Paragraph::Closed;
     loop {
         let mut buf = Vec::new();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| CoreError::io(path, e))?;
+        let (n, kept) = read_line(&mut reader, &mut buf).map_err(|e| CoreError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -265,37 +369,27 @@ fn read_lines(
         }
         strip_newline(&mut buf);
         let consumed = reader.get_ref().bytes - reader.buffer().len() as u64;
-        let record = match (doc_sep, json) {
-            (_, true) => {
-                // JSON Lines: blank lines are allowed and skipped, as `datasets` does.
-                if buf.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                Some(RawRecord {
-                    line: line_no,
-                    kind: RawKind::Json(buf),
-                })
-            }
-            (DocSep::Line, false) => Some(RawRecord {
+        let blank = kept && buf.iter().all(u8::is_ascii_whitespace);
+        let record = match (doc_sep, json, kept) {
+            // JSON Lines: blank lines are allowed and skipped, as `datasets` does.
+            (_, true, true) if blank => None,
+            (_, true, true) => Some(RawRecord {
+                line: line_no,
+                kind: RawKind::Json(buf),
+            }),
+            (DocSep::Line, false, true) => Some(RawRecord {
                 line: line_no,
                 kind: RawKind::Text(buf),
             }),
-            (DocSep::BlankLine, false) => {
-                if buf.iter().all(u8::is_ascii_whitespace) {
-                    (!paragraph.is_empty()).then(|| RawRecord {
-                        line: paragraph_start,
-                        kind: RawKind::Text(std::mem::take(&mut paragraph)),
-                    })
-                } else {
-                    if paragraph.is_empty() {
-                        paragraph_start = line_no;
-                    } else {
-                        paragraph.push(b'\n');
-                    }
-                    paragraph.extend_from_slice(&buf);
-                    None
-                }
+            (DocSep::BlankLine, false, _) if blank => paragraph.close(),
+            (DocSep::BlankLine, false, _) => {
+                paragraph.add(line_no, kept.then_some(buf.as_slice()), n);
+                None
             }
+            (_, _, false) => Some(RawRecord {
+                line: line_no,
+                kind: RawKind::TooLarge(n),
+            }),
         };
         if let Some(record) = record {
             records += 1;
@@ -304,12 +398,8 @@ fn read_lines(
             }
         }
     }
-    if !paragraph.is_empty() {
+    if let Some(record) = paragraph.close() {
         records += 1;
-        let record = RawRecord {
-            line: paragraph_start,
-            kind: RawKind::Text(paragraph),
-        };
         if let Flow::Stop = visit(record, file.bytes)? {
             return Ok(None);
         }
@@ -382,9 +472,11 @@ impl<R: BufRead> ArrayScanner<R> {
         }
     }
 
-    /// Reads one element up to (not including) the `,` or `]` that ends it at depth 0.
-    fn element(&mut self) -> std::io::Result<Vec<u8>> {
+    /// Reads one element up to (not including) the `,` or `]` that ends it at depth 0: its
+    /// bytes, or only their count past [`MAX_RECORD_BYTES`].
+    fn element(&mut self) -> std::io::Result<RawKind> {
         let mut out = Vec::new();
+        let mut len = 0u64;
         let mut depth = 0usize;
         let mut in_string = false;
         let mut escaped = false;
@@ -394,7 +486,10 @@ impl<R: BufRead> ArrayScanner<R> {
                 break;
             }
             self.bump()?;
-            out.push(b);
+            len += 1;
+            if out.len() < MAX_RECORD_BYTES {
+                out.push(b);
+            }
             let closed = if in_string {
                 match (escaped, b) {
                     (true, _) => escaped = false,
@@ -417,7 +512,11 @@ impl<R: BufRead> ArrayScanner<R> {
                 break;
             }
         }
-        Ok(out)
+        Ok(if len > out.len() as u64 {
+            RawKind::TooLarge(len)
+        } else {
+            RawKind::Json(out)
+        })
     }
 }
 
@@ -467,15 +566,12 @@ fn read_json_array(
             }
             Some(_) if expect_element => {
                 let line = scanner.line;
-                let bytes = scanner.element().map_err(io)?;
+                let kind = scanner.element().map_err(io)?;
                 records += 1;
                 expect_element = false;
                 let hashing = scanner.reader.get_ref();
                 let consumed = hashing.bytes - scanner.reader.buffer().len() as u64;
-                let record = RawRecord {
-                    line,
-                    kind: RawKind::Json(bytes),
-                };
+                let record = RawRecord { line, kind };
                 if let Flow::Stop = visit(record, consumed)? {
                     return Ok(None);
                 }

@@ -29,9 +29,17 @@ impl std::fmt::Display for Raised {
 
 impl std::error::Error for Raised {}
 
+/// The instructions one render may run. A real template renders a long conversation in tens
+/// of thousands; a template that loops (or recurses) without end stops here with an error
+/// instead of hanging the run (minijinja also bounds recursion depth and `range`).
+pub const FUEL: u64 = 20_000_000;
+
 /// A fresh environment configured like transformers' (templates are added by the caller).
+/// Sandboxed as Jinja2's: no loader (no `include`, `import` or `extends` of anything but the
+/// template itself), no file, environment or Python object access, and [`FUEL`] per render.
 pub fn new_environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
         .lstrip_blocks(true)
