@@ -47,7 +47,8 @@ def test_a_2_gib_line_is_rejected_by_its_size_without_being_held_in_memory(tmp_p
     assert counts["written"] == 1
     reject = json.loads((tmp_path / "out" / "rejects.jsonl").read_text())
     assert reject["line"] == 1 and str(2 * GIB) in reject["message"]
-    assert peak_mib < 600, f"peak RSS {peak_mib:.0f} MiB for a 2 GiB line"
+    # Bounded by the 256 MiB a record may be (its buffer grows by doubling), not by the line.
+    assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB for a 2 GiB line"
     status, stderr, _ = prep_pt_cli(source, tmp_path / "fails")
     assert status != 0
     assert f"{source}:line 1:" in stderr and "larger than the 256 MiB" in stderr
