@@ -69,6 +69,9 @@ pub struct InputFile {
     pub format: Format,
     /// Size on disk, for progress and the manifest.
     pub bytes: u64,
+    /// Last modified, when the file system says: with `bytes`, how a reader tells that the
+    /// file changed while it was read.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 const SUPPORTED: &str = ".txt, .jsonl, .json, .parquet";
@@ -153,13 +156,12 @@ fn push_file(
     if !seen.insert(canonical) {
         return Ok(());
     }
-    let bytes = std::fs::metadata(path)
-        .map_err(|e| CoreError::io(path, e))?
-        .len();
+    let metadata = std::fs::metadata(path).map_err(|e| CoreError::io(path, e))?;
     files.push(InputFile {
         path: path.to_path_buf(),
         format,
-        bytes,
+        bytes: metadata.len(),
+        modified: metadata.modified().ok(),
     });
     Ok(())
 }

@@ -71,9 +71,10 @@ pub enum RawKind {
     TooLarge(u64),
 }
 
-/// The largest record a reader hands on (256 MiB): far beyond any training document or
-/// conversation, small enough that a corrupt file (a 2 GB line) cannot exhaust memory.
-pub const MAX_RECORD_BYTES: usize = 256 << 20;
+/// The largest record a reader hands on (64 MiB, a dozen novels): beyond any training document
+/// or conversation, small enough that a corrupt file (a 2 GB line) cannot exhaust memory. The
+/// buffer that finds a line too long grows to twice this at most.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// A parsed record.
 #[derive(Debug)]
@@ -169,7 +170,7 @@ pub fn read_file(
     options: &ReadOptions,
     visit: &mut dyn FnMut(RawRecord, u64) -> Result<Flow>,
 ) -> Result<Option<FileSummary>> {
-    match file.format {
+    let summary = match file.format {
         Format::Txt => read_lines(file, options.doc_sep, false, visit),
         Format::Jsonl => read_lines(file, DocSep::Line, true, visit),
         Format::Json => {
@@ -180,7 +181,30 @@ pub fn read_file(
             }
         }
         Format::Parquet => read_parquet(file, &options.text_column, visit),
+    }?;
+    if summary.is_some() {
+        check_unchanged(file)?;
     }
+    Ok(summary)
+}
+
+/// Fails when `file` is not as it was when the run started (another program still writing
+/// it, a sync replacing it): its records and hash would describe no version of the file.
+fn check_unchanged(file: &InputFile) -> Result<()> {
+    let now = std::fs::metadata(&file.path).map_err(|e| CoreError::io(&file.path, e))?;
+    let modified = now.modified().ok();
+    if now.len() == file.bytes && (modified == file.modified || file.modified.is_none()) {
+        return Ok(());
+    }
+    Err(CoreError::Format {
+        path: file.path.clone(),
+        message: format!(
+            "changed while it was read ({} bytes when the run started, {} now): rerun once it \
+             is complete",
+            file.bytes,
+            now.len()
+        ),
+    })
 }
 
 /// A reader that hashes and counts what passes through it.
@@ -677,6 +701,7 @@ mod tests {
             path: path.to_path_buf(),
             format,
             bytes: std::fs::metadata(path).unwrap().len(),
+            modified: std::fs::metadata(path).unwrap().modified().ok(),
         };
         let options = ReadOptions {
             doc_sep,
@@ -849,5 +874,34 @@ mod tests {
                 .collect();
             assert_eq!(got, ["one", "two"], "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_that_changes_while_it_is_read_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(&path, "{\"text\": \"a\"}\n").unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        let file = InputFile {
+            path: path.clone(),
+            format: Format::Jsonl,
+            bytes: metadata.len(),
+            modified: metadata.modified().ok(),
+        };
+        // Another program appends after the run took stock of its inputs.
+        std::fs::write(&path, "{\"text\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();
+        let options = ReadOptions {
+            doc_sep: DocSep::Line,
+            text_column: "text".into(),
+        };
+        let err = read_file(&file, &options, &mut |_, _| Ok(Flow::Continue)).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while it was read"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 }
