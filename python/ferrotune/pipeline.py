@@ -307,12 +307,11 @@ def _start_model(pipeline: Pipeline, state: State, stage: str) -> tuple[str, str
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
-    steps = [
-        (int(p.name.rpartition("-")[2]), p)
-        for p in folder.glob("checkpoint-*")
-        if p.name.rpartition("-")[2].isdigit()
-    ]
-    return max(steps)[1] if steps else None
+    """The newest whole checkpoint (one a killed run left half-written does not count)."""
+    from ferrotune.train.checkpoints import complete_checkpoints
+
+    found = complete_checkpoints(folder)
+    return found[-1][1] if found else None
 
 
 def _input_files(inputs: list[str]) -> list[str]:

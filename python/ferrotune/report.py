@@ -86,14 +86,19 @@ def write_report(pipeline: Pipeline, state: State) -> Path:
             "data_manifest": manifests[0] if manifests else None,
             "eval_data_manifest": manifests[1] if len(manifests) > 1 else None,
         }
-        (out / f"{stage}.json").write_text(json.dumps(metrics, indent=1, default=str))
+        _write_atomic(out / f"{stage}.json", json.dumps(metrics, indent=1, default=str))
         sections.append(_section(stage, metrics, image))
         overview.append(_overview_row(stage, metrics))
     page = _page(pipeline, _overview(overview), sections)
-    tmp = out / "index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out / "index.html")
+    _write_atomic(out / "index.html", page)
     return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A killed run leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _overview_row(stage: str, metrics: dict[str, Any]) -> str:

@@ -143,8 +143,9 @@ def test_a_run_stopped_after_sft_resumes_at_rm(tmp_path, capsys):
 
 
 def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsys):
-    """RM writes a checkpoint every step; after a "crash" that left only checkpoint-1 (the state
-    still says running), the rerun resumes there and logs the unbroken run's step-2 loss."""
+    """RM writes a checkpoint every step; after a "crash" while checkpoint-2 was written (the
+    state still says running), the rerun resumes from checkpoint-1, the last whole one, and logs
+    the unbroken run's step-2 loss."""
     path = small_pipeline(tmp_path)
     lines = path.read_text().splitlines()
     lines = [line[:-1] + ", train: {save_strategy: steps, save_steps: 1}}"
@@ -154,7 +155,10 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsy
     assert main(["pipeline", str(path), "--out", str(out), "--stages", "pt,sft,rm"]) == 0
     rm = out / "models" / "rm"
     unbroken = [row["loss"] for row in history(out, "rm") if "loss" in row]
-    shutil.rmtree(rm / "checkpoint-2")
+    summary = [row["train_loss"] for row in history(out, "rm") if "train_loss" in row]
+    # checkpoint-2 as a kill while it was written leaves it: all but a whole trainer_state.json
+    state_file = rm / "checkpoint-2" / "trainer_state.json"
+    state_file.write_text(state_file.read_text()[:100])
     (rm / "model.safetensors").unlink()
     state = json.loads((out / "pipeline.json").read_text())
     state["stages"]["rm"]["status"] = "running"
@@ -165,6 +169,10 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, capsy
     resumed = [row["loss"] for row in history(out, "rm") if "loss" in row]
     assert len(unbroken) == len(resumed) == 2
     assert resumed == pytest.approx(unbroken, rel=1e-6)
+    # The summary's mean loss covers both steps, not only the one trained after the resume.
+    assert [row["train_loss"] for row in history(out, "rm") if "train_loss" in row] == (
+        pytest.approx(summary, rel=1e-6)
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ averaged into each log line as TRL's trainers log them."""
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import transformers
 
 from ferrotune.errors import FerrotuneError
+from ferrotune.train.checkpoints import complete_checkpoints
 
 
 class FerrotuneTrainer(transformers.Trainer):
@@ -35,7 +35,27 @@ class FerrotuneTrainer(transformers.Trainer):
             if values:
                 logs[prefix + name] = sum(values) / len(values)
         self._metrics[mode].clear()
+        if "train_loss" in logs and getattr(self, "_initial_global_step", 0):
+            logs["train_loss"] = self._whole_run_loss(logs["train_loss"])
         super().log(logs, start_time)
+
+    def _whole_run_loss(self, resumed_mean: float) -> float:
+        """The run summary's ``train_loss`` over every step, as an unbroken run reports it.
+
+        After a resume, Trainer averages only the steps this call trained. The steps before
+        are in the restored ``log_history``: each logged ``loss`` is the mean since the log
+        before; the steps after the last log are what this call's mean leaves over. Exact when
+        checkpoints fall on logging steps (so no unlogged loss was lost with the killed run)."""
+        start, end = self._initial_global_step, self.state.global_step
+        before = total = 0.0
+        last = 0
+        for row in self.state.log_history:
+            if "loss" in row and "step" in row:
+                total += row["loss"] * (row["step"] - last)
+                before += row["loss"] * (row["step"] - last) if row["step"] <= start else 0.0
+                last = row["step"]
+        unlogged = resumed_mean * (end - start) - (total - before)
+        return (total + unlogged) / max(end, 1)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation as training computes it: the loss (and the metrics ``compute_loss``
@@ -73,11 +93,5 @@ class NonFiniteLossError(FerrotuneError, RuntimeError):
 
 
 def _last_good_checkpoint(output_dir: str | None, step: int) -> str | None:
-    if not output_dir or not Path(output_dir).is_dir():
-        return None
-    good = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        number = path.name.removeprefix("checkpoint-")
-        if number.isdigit() and int(number) <= step - 2:
-            good.append((int(number), path))
-    return str(max(good)[1]) if good else None
+    good = [path for number, path in complete_checkpoints(output_dir) if number <= step - 2]
+    return str(good[-1]) if good else None

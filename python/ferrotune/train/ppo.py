@@ -37,6 +37,7 @@ from tokenizers import Tokenizer
 
 from ferrotune.errors import ConfigError
 from ferrotune.train.base import NonFiniteLossError
+from ferrotune.train.checkpoints import PPO_STATE
 from ferrotune.train.config import PpoConfig
 from ferrotune.train.models import load_causal_lm, load_reward_model, model_access
 from ferrotune.train.plots import plot_history
@@ -44,7 +45,7 @@ from ferrotune.train.ppo_math import gae, masked_mean, masked_whiten, policy_los
 from ferrotune.train.ppo_math import value_loss as clipped_value_loss
 from ferrotune_kernels import linear_token_logprobs
 
-STATE = "ppo_state.pt"  # optimizers, step and history: one file, written by the main process
+STATE = PPO_STATE  # optimizers, step and history: one file, written by the main process, last
 RANK_STATE = "rng-{rank}.pt"  # each process's RNGs and pending prompts
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>")
 RewardFn = Callable[[list[str], list[str], list[Any]], list[float]]
@@ -390,7 +391,8 @@ class PpoRun:
 
     def save(self, folder: Path) -> None:
         """Actor in ``folder``, critic in ``folder/critic``, both HF format; history and plot;
-        the state a resumed run needs (``STATE``, and ``RANK_STATE`` from every process)."""
+        the state a resumed run needs (``RANK_STATE`` from every process, then ``STATE``, written
+        last: a checkpoint without it is incomplete, see ``checkpoints``)."""
         self.accelerator.wait_for_everyone()
         folder.mkdir(parents=True, exist_ok=True)
         _save_atomic(
@@ -403,6 +405,7 @@ class PpoRun:
             },
             folder / RANK_STATE.format(rank=self.accelerator.process_index),
         )
+        self.accelerator.wait_for_everyone()  # every RANK_STATE is whole before STATE says so
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(self.actor).save_pretrained(folder)
             self.accelerator.unwrap_model(self.critic).save_pretrained(folder / "critic")
