@@ -35,13 +35,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def prep_pt_cli(source: Path, out: Path, *extra: str) -> tuple[int, str, float]:
-    """``ferrotune prep pt`` in a child process: its exit status, stderr and peak RSS (MiB)."""
-    command = [sys.executable, "-c", PEAK_AFTER, "prep", "pt", "--tokenizer", str(TOKENIZER)]
-    command += ["--input", str(source), "--out", str(out), "--block-size", "8", *extra]
+def prep_cli(stage: str, source: Path, out: Path, *extra: str) -> tuple[int, str, float]:
+    """``ferrotune prep STAGE`` in a child process: its exit status, stderr and peak RSS (MiB)."""
+    command = [sys.executable, "-c", PEAK_AFTER, "prep", stage, "--tokenizer", str(TOKENIZER)]
+    command += ["--input", str(source), "--out", str(out), *extra]
     done = subprocess.run(command, capture_output=True, text=True)
     stderr, _, peak = done.stderr.rpartition("\npeak-kib ")
     return done.returncode, stderr, int(peak) / 1024
+
+
+def prep_pt_cli(source: Path, out: Path, *extra: str) -> tuple[int, str, float]:
+    return prep_cli("pt", source, out, "--block-size", "8", *extra)
 
 
 def test_a_2_gib_line_is_rejected_by_its_size_without_being_held_in_memory(tmp_path):
@@ -63,6 +67,35 @@ def test_a_2_gib_line_is_rejected_by_its_size_without_being_held_in_memory(tmp_p
     status, stderr, _ = prep_pt_cli(source, tmp_path / "fails")
     assert status != 0
     assert f"{source}:line 1:" in stderr and "larger than the 64 MiB" in stderr
+    assert not (tmp_path / "fails").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_100_mb_json_record_is_rejected_by_its_size(tmp_path, suffix):
+    """One conversation of 100 MB (over the 64 MiB a record may be) between two good ones, as
+    a JSON Lines line and as an element of a top-level array: a counted reject, the others
+    written, memory bounded by the record limit."""
+    good = json.dumps({"conversations": [{"from": "human", "value": "hi"},
+                                         {"from": "gpt", "value": "hello"}]})  # fmt: skip
+    huge_answer = "x" * (100 << 20)
+    huge = json.dumps({"conversations": [{"from": "human", "value": "hi"},
+                                         {"from": "gpt", "value": huge_answer}]})  # fmt: skip
+    del huge_answer
+    source = tmp_path / f"huge{suffix}"
+    records = [good, huge, good]
+    source.write_text(("[" + ",\n".join(records) + "]") if suffix == ".json" else
+                      "\n".join(records) + "\n")  # fmt: skip
+    del huge, records
+    out = tmp_path / "out"
+    status, stderr, peak_mib = prep_cli("sft", source, out, "--skip-bad", "--quiet")
+    assert status == 0, stderr
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["rejected_by_reason"] == {"too_large": 1} and counts["written"] == 2
+    reject = json.loads((out / "rejects.jsonl").read_text())
+    assert reject["line"] == 2 and "larger than the 64 MiB" in reject["message"]
+    assert peak_mib < 512, f"peak RSS {peak_mib:.0f} MiB for a 100 MB record"
+    status, stderr, _ = prep_cli("sft", source, tmp_path / "fails")
+    assert status != 0 and f"{source}:line 2:" in stderr
     assert not (tmp_path / "fails").exists()
 
 
