@@ -131,9 +131,9 @@ def check_prep(stage: str, source: bytes, lines: int, good: int) -> None:
             assert all(REASON.match(reason) for reason in by_reason), counts
         assert counts["written"] >= good, (counts, source)
         rejects = out / "rejects.jsonl"
-        rejected = (
-            [json.loads(r) for r in rejects.read_text().splitlines()] if counts["rejected"] else []
-        )
+        # JSON Lines ends lines at "\n" only (a record may hold U+2028 or U+0085)
+        lines_of = rejects.read_text(encoding="utf-8").split("\n") if counts["rejected"] else []
+        rejected = [json.loads(line) for line in lines_of if line]
         assert len(rejected) == counts["rejected"], counts
         for reject in rejected:
             assert reject["file"] == str(path) and 1 <= reject["line"] <= lines, reject
