@@ -221,22 +221,28 @@ def test_pipeline_killed_at_random_moments(tmp_path):
 
     run = tmp_path / "killed"
     rng = random.Random(f"{SEED}-pipeline")
-    kills, finished = 0, 0
+    kills, finished, reached = 0, 0, []
     while kills < PIPELINE_KILLS:
         moment = rng.uniform(0.0, wall)
-        proc = subprocess.Popen([*command, str(run)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-        try:
-            _, err = proc.communicate(timeout=moment)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
+        log = tmp_path / f"run-{kills}-{finished}.log"
+        with log.open("w") as stdout:
+            proc = subprocess.Popen([*command, str(run)], stdout=stdout, stderr=subprocess.PIPE,
+                                    text=True)  # fmt: skip
+            try:
+                _, err = proc.communicate(timeout=moment)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                said = [line for line in log.read_text().splitlines() if "ferrotune:" in line]
+                reached.append(f"{moment:.1f} s: {said[-1] if said else 'starting'}")
+                continue
         assert proc.returncode == 0, err[-3000:]  # it finished first: the whole result
         assert_same_result(pipeline_result(run), want, f"after {kills} kills")
         finished += 1
         subprocess.run(["rm", "-rf", str(run)], check=True)  # and again from nothing
+    print(f"pipeline: {kills} kills, {finished} runs finished between them; killed after:")
+    print("\n".join(reached))
     rerun = subprocess.run([*command, str(run)], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_result(pipeline_result(run), want, f"after {kills} kills")
