@@ -602,6 +602,11 @@ fn answer(value: &Value, key: &str) -> Parsed<Vec<Value>> {
             ))
         }
     };
+    check_answer(messages, key)
+}
+
+/// Checks an answer's messages: they start with an assistant turn and pass [`check_turns`].
+fn check_answer(messages: Vec<Value>, key: &str) -> Parsed<Vec<Value>> {
     if messages.first().is_none_or(|m| m["role"] != "assistant") {
         return Err(Problem::new(
             "wrong_type",
@@ -672,7 +677,10 @@ pub fn preference(
         }
     };
     let prompt = check_turns(prompt_messages, same_role, "prompt")?;
-    if prompt.last().is_none_or(|m| m["role"] == "assistant") {
+    if prompt
+        .last()
+        .is_none_or(|m| !matches!(m["role"].as_str(), Some("user" | "tool")))
+    {
         return Err(Problem::new(
             "prompt_not_open",
             "conversations",
@@ -711,10 +719,12 @@ fn implicit_prompt(record: &Map<String, Value>) -> Parsed<(Vec<Value>, Vec<Value
             "no 'prompt', and chosen/rejected share no prompt turns",
         ));
     }
+    // The answers are checked as explicit ones are: what follows the shared prompt may be
+    // empty, start with a user turn, or hold an empty message.
     Ok((
         chosen[..start].to_vec(),
-        chosen[start..].to_vec(),
-        rejected[start..].to_vec(),
+        check_answer(chosen[start..].to_vec(), "chosen")?,
+        check_answer(rejected[start..].to_vec(), "rejected")?,
     ))
 }
 
@@ -727,17 +737,30 @@ pub fn prompt(
 ) -> Parsed<PromptRecord> {
     match layout {
         Layout::Prompt => {
-            let (key, text) = ["prompt", "query", "question"]
+            // Detection guarantees one of these keys; a forced `--format prompt` does not.
+            let Some((key, text)) = ["prompt", "query", "question"]
                 .iter()
                 .find_map(|key| record.get(*key).map(|v| (*key, v)))
-                .expect("detected by one of these keys");
-            let prompt = match text {
-                Value::Array(_) => check_turns(openai_messages(text, key)?, same_role, key)?,
-                other => {
-                    let text = string(other, key)?;
-                    check_turns(vec![message("user", text)], same_role, key)?
-                }
+            else {
+                return Err(Problem::new(
+                    "missing_field",
+                    "prompt",
+                    "no field 'prompt', 'query' or 'question'",
+                ));
             };
+            let turns = match text {
+                Value::Array(_) => openai_messages(text, key)?,
+                other => vec![message("user", string(other, key)?)],
+            };
+            // The system message is checked with the turns, as in every other layout.
+            let system = optional_string(record, "system")?;
+            let messages = check_turns(with_system(system, turns), same_role, key)?;
+            if messages.is_empty() {
+                return Err(no_messages());
+            }
+            if messages.iter().all(|m| m["role"] == "system") {
+                return Err(no_user_turn());
+            }
             let reference = ["answer", "reference", "response"]
                 .iter()
                 .find_map(|key| optional_string(record, key).transpose())
@@ -745,7 +768,7 @@ pub fn prompt(
                 .map(str::to_string);
             Ok(PromptRecord {
                 prompt: Conversation {
-                    messages: with_system(optional_string(record, "system")?, prompt),
+                    messages,
                     tools: tools(record)?,
                 },
                 reference,
@@ -766,11 +789,7 @@ pub fn prompt(
         layout => {
             let mut conversation = conversation(record, layout, same_role)?;
             if conversation.messages.is_empty() {
-                return Err(Problem {
-                    reason: "empty",
-                    field: None,
-                    message: "no messages".into(),
-                });
+                return Err(no_messages());
             }
             let mut reference = None;
             if conversation.last_role() == Some("assistant") {
@@ -778,11 +797,7 @@ pub fn prompt(
                 reference = last["content"].as_str().map(str::to_string);
             }
             if conversation.messages.iter().all(|m| m["role"] == "system") {
-                return Err(Problem::new(
-                    "no_prompt",
-                    "messages",
-                    "no user turn to prompt with",
-                ));
+                return Err(no_user_turn());
             }
             Ok(PromptRecord {
                 prompt: conversation,
@@ -790,6 +805,20 @@ pub fn prompt(
             })
         }
     }
+}
+
+/// A prompt record without messages.
+fn no_messages() -> Problem {
+    Problem {
+        reason: "empty",
+        field: None,
+        message: "no messages".into(),
+    }
+}
+
+/// A prompt of system messages only: nothing for the model to answer.
+fn no_user_turn() -> Problem {
+    Problem::new("no_prompt", "messages", "no user turn to prompt with")
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use arrow_array::{Array, LargeStringArray, StringArray, StringViewArray};
+use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use sha2::{Digest, Sha256};
@@ -390,6 +391,9 @@ fn read_lines(
         line_no += 1;
         if line_no == 1 && buf.starts_with(BOM) {
             buf.drain(..BOM.len()); // Windows editors and Excel exports write one
+            if buf.is_empty() {
+                break; // a file holding only a BOM is empty: no line, not one empty line
+            }
         }
         strip_newline(&mut buf);
         let consumed = reader.get_ref().bytes - reader.buffer().len() as u64;
@@ -629,7 +633,8 @@ fn read_parquet(
         message: e.to_string(),
     };
     let handle = File::open(path).map_err(|e| CoreError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(|e| arrow_err(&e))?;
+    let builder = decoding(path, || ParquetRecordBatchReaderBuilder::try_new(handle))?
+        .map_err(|e| arrow_err(&e))?;
     let schema = builder.schema().clone();
     let Some(index) = schema.fields().iter().position(|f| f.name() == column) else {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -641,15 +646,24 @@ fn read_parquet(
             ),
         });
     };
+    // Checked on the schema, not on the first non-null cell: a column of numbers must not
+    // read as rows of nulls (`missing_field`), nor an empty one as fine.
+    let data_type = schema.field(index).data_type();
+    if !matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Err(CoreError::Format {
+            path: path.to_path_buf(),
+            message: format!("field '{column}': expected a string column, found {data_type}"),
+        });
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
     let total_rows = builder.metadata().file_metadata().num_rows().max(1) as u64;
-    let batches = builder
-        .with_projection(mask)
-        .with_batch_size(1024)
-        .build()
-        .map_err(|e| arrow_err(&e))?;
+    let builder = builder.with_projection(mask).with_batch_size(1024);
+    let mut batches = decoding(path, || builder.build())?.map_err(|e| arrow_err(&e))?;
     let mut row = 0u64;
-    for batch in batches {
+    while let Some(batch) = decoding(path, || batches.next())? {
         let batch = batch.map_err(|e| arrow_err(&e))?;
         let array = batch.column(0);
         let cell = |i: usize| -> Result<Option<String>> {
@@ -679,8 +693,9 @@ fn read_parquet(
                 line: row,
                 kind: RawKind::Cell(cell(i)?),
             };
-            // Parquet is columnar and compressed: report progress by rows.
-            let consumed = file.bytes * row / total_rows;
+            // Parquet is columnar and compressed: report progress by rows (of the row count the
+            // footer gives, which a corrupt one understates).
+            let consumed = (file.bytes * row / total_rows).min(file.bytes);
             if let Flow::Stop = visit(record, consumed)? {
                 return Ok(None);
             }
@@ -690,6 +705,23 @@ fn read_parquet(
         sha256: sha256_file(path)?,
         records: row,
     }))
+}
+
+/// Runs a step of the Parquet decoder, turning a panic into an error naming the file: on
+/// corrupt input the parquet and arrow crates sometimes assert instead of failing (a negative
+/// column offset in the footer, `ColumnChunkMetaData::byte_range`; bad definition levels in a
+/// page, arrow-buffer's "slice must not be empty"). Nothing of the decoder is used after its
+/// panic, so its state does not matter (hence `AssertUnwindSafe`).
+fn decoding<T>(path: &Path, step: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|panic| {
+        let detail = (panic.downcast_ref::<&str>().copied())
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        CoreError::Arrow {
+            path: path.to_path_buf(),
+            message: format!("corrupt Parquet file: the decoder failed ({detail})"),
+        }
+    })
 }
 
 #[cfg(test)]

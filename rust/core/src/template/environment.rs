@@ -10,11 +10,11 @@
 
 use std::borrow::Cow;
 
-use minijinja::value::{from_args, Kwargs, Value, ValueKind};
+use minijinja::value::{from_args, Kwargs, Rest, Value, ValueKind, ValueOrKwargs};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use super::pyjson::tojson_filter;
-use super::pystr::{py_rsplit, py_split, py_str, py_strip, py_title, write_str, Ends};
+use super::pystr::{is_py_space, py_rsplit, py_split, py_str, py_strip, py_title, write_str, Ends};
 
 /// The error `raise_exception(message)` produces, attached as the source of the minijinja error
 /// so the renderer can hand the template's own message to the user unchanged.
@@ -62,7 +62,7 @@ pub fn new_environment() -> Environment<'static> {
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
 
-    env.add_filter("tojson", tojson_filter);
+    env.add_filter("tojson", tojson_charged);
     env.add_filter("string", string_filter);
     env.add_filter("join", join_filter);
     env.add_filter("trim", trim_filter);
@@ -92,12 +92,27 @@ fn strftime_now(format: &str) -> Result<Value, Error> {
 }
 
 /// `|string`: Python's `str()` (`True`, `None`, `['a']`), not minijinja's `true`/`none`.
-fn string_filter(value: &Value) -> Value {
+fn string_filter(state: &State, value: &Value) -> Result<Value, Error> {
     if value.kind() == ValueKind::String {
-        value.clone()
-    } else {
-        Value::from(py_str(value))
+        return Ok(value.clone());
     }
+    let text = py_str(value);
+    charge_serialized(state, text.len())?;
+    Ok(Value::from(text))
+}
+
+/// `|tojson`, charged for the bytes it serializes.
+fn tojson_charged(state: &State, value: &Value, args: Rest<ValueOrKwargs>) -> Result<Value, Error> {
+    let json = tojson_filter(value, args)?;
+    charge_serialized(state, json.as_str().map_or(0, str::len))?;
+    Ok(json)
+}
+
+/// Charges a filter that serialized `bytes` bytes as minijinja charges its own serializing
+/// (16 units of the 64 in a fuel per byte; the engine charges the returned string's 1): at
+/// its price for a plain string, a loop of `messages|tojson` ran 5 s within the fuel.
+fn charge_serialized(state: &State, bytes: usize) -> Result<(), Error> {
+    state.consume_fuel((bytes as u64 * 15).div_ceil(64))
 }
 
 /// `|join(d="", attribute=None)`: items joined with Python's `str()` of each.
@@ -218,6 +233,23 @@ fn is_float(value: &Value) -> bool {
     value.kind() == ValueKind::Number && !value.is_integer()
 }
 
+/// Fuel per part of a `split`: making and freeing one part takes as long as a few
+/// instructions (measured in release: 10M parts in 0.77 s, 20M instructions in 0.45 s).
+const FUEL_PER_PART: u64 = 4;
+
+/// The fuel a split costs, charged before the parts are made: minijinja charges a method only
+/// for what it returns, after the work, so `('ab' * 10000000).split('a')` in a loop would run
+/// for half a minute within its fuel.
+fn split_fuel(s: &str, sep: Option<&str>, maxsplit: Option<i64>) -> u64 {
+    let parts = match sep {
+        Some(sep) if !sep.is_empty() => s.matches(sep).count() + 1,
+        _ => s.split(is_py_space).filter(|word| !word.is_empty()).count(),
+    };
+    let limit = maxsplit.and_then(|n| usize::try_from(n).ok());
+    let parts = limit.map_or(parts, |n| parts.min(n.saturating_add(1)));
+    parts as u64 * FUEL_PER_PART
+}
+
 /// Python methods on template values (`str.strip`, `dict.get`, ...). The string methods whose
 /// results depend on Python's whitespace or `str()` rules are implemented here; the rest come
 /// from `minijinja_contrib::pycompat`.
@@ -238,6 +270,7 @@ fn python_method(
             "rstrip" => return strip(Ends::Right),
             "split" | "rsplit" => {
                 let (sep, maxsplit): (Option<Cow<'_, str>>, Option<i64>) = from_args(args)?;
+                state.consume_fuel(split_fuel(s, sep.as_deref(), maxsplit))?;
                 let split = if method == "split" {
                     py_split
                 } else {
