@@ -264,3 +264,13 @@ fn fuzz_case<T>(decode: fn(&mut Unstructured<'_>) -> arbitrary::Result<T>, hex: 
         .collect();
     decode(&mut Unstructured::new(&bytes)).expect("a case")
 }
+
+/// libFuzzer's `reader` crash-7aade48d: a damaged Parquet file on which the parquet crate
+/// panicked ("column start and length should not be negative") while reading pages.
+#[test]
+fn fuzz_reader_crash_7aade48d() {
+    fuzz_checks::reader(&[
+        0x27, 0xbb, 0xbf, 0x00, 0x00, 0x00, 0x00, 0xbc, 0x02, 0x5a, 0x40, 0x27, 0x3b, 0xff, 0xff,
+        0xff, 0x5a, 0xbf, 0x3b,
+    ]);
+}
