@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use serde::Deserialize;
@@ -18,10 +19,11 @@ use crate::error::{CoreError, RecordError, Result};
 use crate::input::Format;
 use crate::manifest::Manifest;
 use crate::mask::Learn;
-use crate::pipeline::{EmptyPolicy, Outcome, Stage};
+use crate::pipeline::{EmptyPolicy, Outcome, Records, Stage};
+use crate::preference::Kind;
 use crate::reader::{Body, DocSep, RawRecord, ReadOptions};
 use crate::rows::{self, Item, RowBatcher};
-use crate::run::{CommonOptions, Ran, StageReport, StageRun, Written};
+use crate::run::{load_tokenizer, CommonOptions, Output, Ran, StageReport, StageRun, Written};
 use crate::shard::parse_size;
 use crate::template::{ChatTemplate, RenderOptions};
 use crate::tokenizer::LoadedTokenizer;
@@ -222,13 +224,95 @@ impl ChatOptions {
     }
 }
 
-/// A conversation stage's run: a [`StageRun`] with the chat template resolved.
-pub struct ChatRun {
-    run: StageRun,
+/// What a conversation stage loads once: the tokenizer and the chat template resolved for it.
+/// The batch transform keeps one for all the batches a worker runs.
+pub struct ChatEngine {
+    pub tokenizer: Arc<LoadedTokenizer>,
+    load_seconds: f64,
     pub template: ChatTemplate,
     pub template_info: TemplateInfo,
     /// Special tokens for the template, as transformers passes them.
     pub render: RenderOptions,
+}
+
+impl ChatEngine {
+    pub fn load(options: &ChatOptions) -> Result<ChatEngine> {
+        options.common.validate()?;
+        let (tokenizer, load_seconds) = load_tokenizer(&options.common, None)?;
+        let (template, template_info) = chat::resolve(&options.template, &tokenizer)?;
+        let render = RenderOptions {
+            special_tokens: tokenizer.special_tokens_map(),
+            ..RenderOptions::default()
+        };
+        Ok(ChatEngine {
+            tokenizer,
+            load_seconds,
+            template,
+            template_info,
+            render,
+        })
+    }
+}
+
+/// The conversation stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatStage {
+    Sft,
+    Pairs(Kind),
+    Ppo,
+}
+
+impl ChatStage {
+    pub fn parse(name: &str) -> Result<ChatStage> {
+        match name {
+            "sft" => Ok(ChatStage::Sft),
+            "rm" => Ok(ChatStage::Pairs(Kind::Rm)),
+            "dpo" => Ok(ChatStage::Pairs(Kind::Dpo)),
+            "ppo" => Ok(ChatStage::Ppo),
+            other => Err(CoreError::config(
+                "stage",
+                format!("'{other}' is not one of sft, rm, dpo, ppo"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChatStage::Sft => "sft",
+            ChatStage::Pairs(kind) => kind.name(),
+            ChatStage::Ppo => "ppo",
+        }
+    }
+
+    /// Runs the stage over `run`'s records.
+    pub fn run(
+        self,
+        run: ChatRun<'_>,
+        options: &ChatOptions,
+        cancel: &AtomicBool,
+    ) -> Result<Output> {
+        match self {
+            ChatStage::Sft => crate::sft::sft(run, options, cancel),
+            ChatStage::Pairs(kind) => crate::preference::pairs(kind, run, options, cancel),
+            ChatStage::Ppo => crate::ppo::ppo(run, options, cancel),
+        }
+    }
+}
+
+/// Runs a conversation stage over its input files and returns the manifest it wrote.
+pub fn prep_chat(stage: ChatStage, options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
+    let engine = ChatEngine::load(options)?;
+    let run = ChatRun::files(stage.name(), options, &engine)?;
+    Ok(stage.run(run, options, cancel)?.manifest)
+}
+
+/// A conversation stage's run: a [`StageRun`] with the engine's chat template.
+pub struct ChatRun<'e> {
+    run: StageRun,
+    pub template: &'e ChatTemplate,
+    pub template_info: &'e TemplateInfo,
+    /// Special tokens for the template, as transformers passes them.
+    pub render: &'e RenderOptions,
 }
 
 /// What [`ChatRun::run`] left open: the batcher (a stage may still add rows, e.g. a packing
@@ -251,21 +335,34 @@ impl Pending {
     }
 }
 
-impl ChatRun {
-    pub fn open(stage: &'static str, options: &ChatOptions) -> Result<ChatRun> {
+impl<'e> ChatRun<'e> {
+    /// A run over the input files of `options`, into its output folder.
+    pub fn files(
+        stage: &'static str,
+        options: &ChatOptions,
+        engine: &'e ChatEngine,
+    ) -> Result<ChatRun<'e>> {
         let accepts = [Format::Jsonl, Format::Json];
-        let run = StageRun::open(stage, &options.common, None, None, &accepts)?;
-        let (template, template_info) = chat::resolve(&options.template, &run.tokenizer)?;
-        let render = RenderOptions {
-            special_tokens: run.tokenizer.special_tokens_map(),
-            ..RenderOptions::default()
-        };
-        Ok(ChatRun {
+        let tokenizer = (engine.tokenizer.clone(), engine.load_seconds);
+        let run = StageRun::open(stage, &options.common, tokenizer, None, &accepts)?;
+        Ok(ChatRun::with(run, engine))
+    }
+
+    /// A run over records in memory (the batch transform).
+    pub fn batch(stage: &'static str, engine: &'e ChatEngine, records: Records) -> ChatRun<'e> {
+        ChatRun::with(
+            StageRun::batch(stage, engine.tokenizer.clone(), records),
+            engine,
+        )
+    }
+
+    fn with(run: StageRun, engine: &'e ChatEngine) -> ChatRun<'e> {
+        ChatRun {
             run,
-            template,
-            template_info,
-            render,
-        })
+            template: &engine.template,
+            template_info: &engine.template_info,
+            render: &engine.render,
+        }
     }
 
     pub fn tokenizer(&self) -> &LoadedTokenizer {
@@ -310,14 +407,14 @@ impl ChatRun {
         tokens: Value,
         stage_info: Value,
         cancel: &AtomicBool,
-    ) -> Result<Manifest> {
+    ) -> Result<Output> {
         let mut all_options = options.to_json();
         if let Value::Object(extra) = stage_options {
             all_options.extend(extra);
         }
         let report = StageReport {
             options: Value::Object(all_options),
-            template: serde_json::to_value(&self.template_info).expect("serializable"),
+            template: serde_json::to_value(self.template_info).expect("serializable"),
             tokens,
             stage_info,
         };

@@ -12,6 +12,7 @@ pub mod conversation;
 pub mod encoder;
 pub mod error;
 pub mod fingerprint;
+pub mod folder;
 pub mod input;
 pub mod manifest;
 pub mod mask;
@@ -30,6 +31,7 @@ pub mod shard;
 pub mod template;
 pub mod tokenizer;
 pub mod tokenizer_file;
+pub mod transform;
 pub mod vocabulary;
 
 pub use chat_prep::ChatOptions;

@@ -157,11 +157,12 @@ fn sync_dir(path: &Path) -> Result<()> {
 /// folder and, unless the run was cancelled meanwhile, makes it the output.
 pub fn publish(
     staging: Staging,
-    manifest: &crate::manifest::Manifest,
+    manifest: &impl serde::Serialize,
+    shards: &[ShardInfo],
     description: &str,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
-    write_datasets_metadata(staging.path(), &manifest.shards, description)?;
+    write_datasets_metadata(staging.path(), shards, description)?;
     write_file(staging.path(), "manifest.json", &to_pretty(manifest))?;
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(CoreError::Cancelled);

@@ -108,10 +108,40 @@ pub fn check_sharding(num_shards: usize, shard_index: usize) -> Result<()> {
 
 /// The records to read and which of them this run owns.
 pub struct Source<'a> {
-    pub files: &'a [InputFile],
-    pub read: ReadOptions,
+    pub input: Input<'a>,
     pub num_shards: usize,
     pub shard_index: usize,
+}
+
+/// Where records come from: files read by the reader thread, or records already in memory
+/// (the batch transform's, from an Arrow batch).
+pub enum Input<'a> {
+    Files(&'a [InputFile], ReadOptions),
+    Records(&'a Records),
+}
+
+/// Records in memory, each with the index of its path in `paths` (for error reports).
+pub struct Records {
+    pub paths: Vec<PathBuf>,
+    /// Taken by the reader thread: a run consumes its records.
+    pub items: std::sync::Mutex<Vec<(usize, RawRecord)>>,
+}
+
+impl Input<'_> {
+    /// The path behind a record's file index.
+    fn path(&self, index: usize) -> &Path {
+        match self {
+            Input::Files(files, _) => &files[index].path,
+            Input::Records(records) => &records.paths[index],
+        }
+    }
+
+    fn file_count(&self) -> usize {
+        match self {
+            Input::Files(files, _) => files.len(),
+            Input::Records(_) => 0,
+        }
+    }
 }
 
 /// How bad and empty records are handled.
@@ -126,6 +156,8 @@ pub struct Totals {
     /// One per input file, in order.
     pub summaries: Vec<FileSummary>,
     pub busy: Busy,
+    /// For records in memory: the file index and line of each written record, in order.
+    pub written_at: Vec<(usize, u64)>,
 }
 
 /// CPU seconds each part of the pipeline spent (its threads' own CPU time, so waiting on a
@@ -148,7 +180,8 @@ const CHUNK_RECORDS: usize = 2048;
 
 enum Item<R> {
     Raw(usize, RawRecord),
-    Done(Outcome<R>),
+    /// A processed record: its file index, its line, and what it became.
+    Done(usize, u64, Outcome<R>),
     FileDone(usize, FileSummary),
 }
 
@@ -183,18 +216,24 @@ pub fn run<S: Stage>(
     let process_nanos = AtomicU64::new(0);
     let consumer_started = thread_cpu();
     let mut counts = Counts::default();
-    let mut summaries: Vec<Option<FileSummary>> = vec![None; source.files.len()];
+    let mut summaries: Vec<Option<FileSummary>> = vec![None; source.input.file_count()];
+    // Records in memory go back to their caller with their rows: say which record each was.
+    let track = matches!(source.input, Input::Records(_));
+    let mut written_at = Vec::new();
 
     std::thread::scope(|scope| -> Result<()> {
         let (stop, read_nanos, process_nanos) = (&stop, &read_nanos, &process_nanos);
         scope.spawn(move || {
-            read_all(source, work_tx, stop);
+            match &source.input {
+                Input::Files(files, read) => read_all(source, files, read, work_tx, stop),
+                Input::Records(records) => read_records(records, work_tx, stop),
+            }
             read_nanos.store(nanos(thread_cpu()), Ordering::Relaxed);
         });
         for _ in 0..workers {
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
             scope.spawn(move || {
-                process_chunks(stage, source.files, work_rx, done_tx);
+                process_chunks(stage, &source.input, work_rx, done_tx);
                 process_nanos.fetch_add(nanos(thread_cpu()), Ordering::Relaxed);
             });
         }
@@ -218,11 +257,14 @@ pub fn run<S: Stage>(
                     };
                     for item in items {
                         match item {
-                            Item::Done(outcome) => {
+                            Item::Done(file, line, outcome) => {
                                 counts.read += 1;
                                 match outcome {
                                     Outcome::Row(row) => {
                                         counts.written += 1;
+                                        if track {
+                                            written_at.push((file, line));
+                                        }
                                         tokens += consume(row)?;
                                     }
                                     Outcome::Empty(record) => match policy.empty {
@@ -276,7 +318,9 @@ pub fn run<S: Stage>(
             CoreError::Internal("a reader or worker thread stopped without reporting".into())
         })?;
     // `other_shards` gathered every file's record count; keep only the others' share.
-    counts.other_shards -= counts.read;
+    if let Input::Files(..) = source.input {
+        counts.other_shards -= counts.read;
+    }
     debug_assert!(counts.adds_up());
     let seconds = |nanos: &AtomicU64| nanos.load(Ordering::Relaxed) as f64 / 1e9;
     let busy = Busy {
@@ -288,6 +332,7 @@ pub fn run<S: Stage>(
         counts,
         summaries,
         busy,
+        written_at,
     })
 }
 
@@ -312,7 +357,13 @@ fn thread_cpu() -> Duration {
 }
 
 /// The reader thread: walks the files in order and sends chunks of this run's raw records.
-fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
+fn read_all<R>(
+    source: &Source<'_>,
+    files: &[InputFile],
+    read: &ReadOptions,
+    tx: Sender<Chunk<R>>,
+    stop: &AtomicBool,
+) {
     let mut seq = 0u64;
     let mut items: Vec<Item<R>> = Vec::with_capacity(CHUNK_RECORDS);
     let mut chunk_bytes = 0usize;
@@ -328,7 +379,7 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
         *seq += 1;
         !stop.load(Ordering::Relaxed) && tx.send(chunk).is_ok()
     };
-    for (index, file) in source.files.iter().enumerate() {
+    for (index, file) in files.iter().enumerate() {
         let mut visit = |record: RawRecord, consumed: u64| -> Result<Flow> {
             let mine = record_index % source.num_shards as u64 == source.shard_index as u64;
             record_index += 1;
@@ -351,7 +402,7 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
             }
             Ok(Flow::Continue)
         };
-        match read_file(file, &source.read, &mut visit) {
+        match read_file(file, read, &mut visit) {
             Ok(Some(summary)) => items.push(Item::FileDone(index, summary)),
             Ok(None) => return,
             Err(error) => {
@@ -369,10 +420,43 @@ fn read_all<R>(source: &Source<'_>, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
     send(&mut seq, Payload::Items(items), bytes_before);
 }
 
+/// The reader thread of in-memory records: hands them on in chunks, in order.
+fn read_records<R>(records: &Records, tx: Sender<Chunk<R>>, stop: &AtomicBool) {
+    let all = std::mem::take(&mut *records.items.lock().expect("not poisoned"));
+    let mut seq = 0u64;
+    let mut items: Vec<Item<R>> = Vec::with_capacity(CHUNK_RECORDS);
+    let mut chunk_bytes = 0usize;
+    let mut bytes_read = 0u64;
+    let last = all.len();
+    for (at, (file, record)) in all.into_iter().enumerate() {
+        let bytes = match &record.kind {
+            RawKind::Text(bytes) | RawKind::Json(bytes) => bytes.len(),
+            RawKind::Cell(text) => text.as_ref().map_or(0, String::len),
+            RawKind::TooLarge(_) => 0,
+        };
+        chunk_bytes += bytes;
+        bytes_read += bytes as u64;
+        items.push(Item::Raw(file, record));
+        if items.len() >= CHUNK_RECORDS || chunk_bytes >= CHUNK_BYTES || at + 1 == last {
+            chunk_bytes = 0;
+            let full = std::mem::replace(&mut items, Vec::with_capacity(CHUNK_RECORDS));
+            let chunk = Chunk {
+                seq,
+                bytes_read,
+                payload: Payload::Items(full),
+            };
+            seq += 1;
+            if stop.load(Ordering::Relaxed) || tx.send(chunk).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// A worker thread: runs the stage on each raw record of each chunk.
 fn process_chunks<S: Stage>(
     stage: &S,
-    files: &[InputFile],
+    input: &Input<'_>,
     rx: Receiver<Chunk<S::Row>>,
     tx: Sender<Chunk<S::Row>>,
 ) {
@@ -382,13 +466,16 @@ fn process_chunks<S: Stage>(
             let mut failure = None;
             for item in items {
                 match item {
-                    Item::Raw(file, record) => match stage.process(record, &files[file].path) {
-                        Ok(outcome) => done.push(Item::Done(outcome)),
-                        Err(error) => {
-                            failure = Some(error);
-                            break;
+                    Item::Raw(file, record) => {
+                        let line = record.line;
+                        match stage.process(record, input.path(file)) {
+                            Ok(outcome) => done.push(Item::Done(file, line, outcome)),
+                            Err(error) => {
+                                failure = Some(error);
+                                break;
+                            }
                         }
-                    },
+                    }
                     other => done.push(other),
                 }
             }
@@ -403,11 +490,22 @@ fn process_chunks<S: Stage>(
     }
 }
 
-/// Bad records: an error, or with `--skip-bad` a line in `rejects.jsonl` and a count.
+/// Bad records: an error, or with `--skip-bad` a line in `rejects.jsonl` (or, for the batch
+/// transform, in memory for its caller) and a count.
 pub struct Rejects {
     path: PathBuf,
     skip_bad: bool,
     file: Option<BufWriter<File>>,
+    /// `Some` when rejects are kept in memory rather than written to `path`.
+    lines: Option<Vec<String>>,
+}
+
+/// What [`Rejects::finish`] leaves.
+pub struct RejectsDone {
+    /// `rejects.jsonl` when any record was written to it.
+    pub file: Option<&'static str>,
+    /// The rejects' lines, when they were kept in memory.
+    pub lines: Vec<String>,
 }
 
 impl Rejects {
@@ -416,6 +514,17 @@ impl Rejects {
             path: dir.join("rejects.jsonl"),
             skip_bad,
             file: None,
+            lines: None,
+        }
+    }
+
+    /// Rejects kept in memory, one JSON line each.
+    pub fn in_memory(skip_bad: bool) -> Rejects {
+        Rejects {
+            path: PathBuf::from("rejects.jsonl"),
+            skip_bad,
+            file: None,
+            lines: Some(Vec::new()),
         }
     }
 
@@ -428,10 +537,6 @@ impl Rejects {
             .rejected_by_reason
             .entry(record.reason.to_string())
             .or_default() += 1;
-        if self.file.is_none() {
-            let file = File::create(&self.path).map_err(|e| CoreError::io(&self.path, e))?;
-            self.file = Some(BufWriter::new(file));
-        }
         let line = json!({
             "file": record.path,
             "line": record.line,
@@ -440,18 +545,30 @@ impl Rejects {
             "message": record.message,
             "record": record.raw,
         });
+        if let Some(lines) = &mut self.lines {
+            lines.push(line.to_string());
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let file = File::create(&self.path).map_err(|e| CoreError::io(&self.path, e))?;
+            self.file = Some(BufWriter::new(file));
+        }
         let writer = self.file.as_mut().expect("opened above");
         writeln!(writer, "{line}").map_err(|e| CoreError::io(&self.path, e))
     }
 
-    /// Closes the file; returns its name when any record was rejected.
-    pub fn finish(self) -> Result<Option<&'static str>> {
+    /// Closes the file.
+    pub fn finish(self) -> Result<RejectsDone> {
+        let lines = self.lines.unwrap_or_default();
         match self.file {
             Some(mut writer) => {
                 writer.flush().map_err(|e| CoreError::io(&self.path, e))?;
-                Ok(Some("rejects.jsonl"))
+                Ok(RejectsDone {
+                    file: Some("rejects.jsonl"),
+                    lines,
+                })
             }
-            None => Ok(None),
+            None => Ok(RejectsDone { file: None, lines }),
         }
     }
 }

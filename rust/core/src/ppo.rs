@@ -12,7 +12,8 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{json, Value};
 
 use crate::chat_prep::{
-    json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong,
+    json_object, layout_of, prep_chat, with_default_system, ChatOptions, ChatRun, ChatStage,
+    Overlong,
 };
 use crate::conversation::{self, Layout};
 use crate::encoder::Encoder;
@@ -21,6 +22,7 @@ use crate::manifest::Manifest;
 use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
 use crate::rows::{Cell, Item};
+use crate::run::Output;
 use crate::template::{ChatTemplate, RenderOptions};
 
 /// One prompt.
@@ -33,11 +35,15 @@ pub struct PromptRow {
 
 /// Runs `prep ppo` and returns the manifest it wrote.
 pub fn prep_ppo(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
-    let run = ChatRun::open("ppo", options)?;
+    prep_chat(ChatStage::Ppo, options, cancel)
+}
+
+/// Runs `prep ppo` over `run`'s records.
+pub fn ppo(run: ChatRun<'_>, options: &ChatOptions, cancel: &AtomicBool) -> Result<Output> {
     let stage = PromptStage {
         encoder: run.tokenizer().encoder(),
-        template: &run.template,
-        render: &run.render,
+        template: run.template,
+        render: run.render,
         options,
     };
     let columns = [

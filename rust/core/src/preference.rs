@@ -21,7 +21,8 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{json, Value};
 
 use crate::chat_prep::{
-    json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong, RecordAt,
+    json_object, layout_of, prep_chat, with_default_system, ChatOptions, ChatRun, ChatStage,
+    Overlong, RecordAt,
 };
 use crate::conversation::{self, Layout};
 use crate::encoder::Encoder;
@@ -30,6 +31,7 @@ use crate::manifest::Manifest;
 use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
 use crate::rows::{Cell, Item};
+use crate::run::Output;
 use crate::template::{ChatTemplate, RenderOptions};
 
 /// Which preference stage.
@@ -62,17 +64,26 @@ pub struct PairRow {
 
 /// Runs `prep rm` or `prep dpo` and returns the manifest it wrote.
 pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
+    prep_chat(ChatStage::Pairs(kind), options, cancel)
+}
+
+/// Runs `prep rm` or `prep dpo` over `run`'s records.
+pub fn pairs(
+    kind: Kind,
+    run: ChatRun<'_>,
+    options: &ChatOptions,
+    cancel: &AtomicBool,
+) -> Result<Output> {
     if kind == Kind::Dpo && options.margin_field.is_some() {
         return Err(CoreError::config(
             "margin-field",
             "only `prep rm` writes a margin column",
         ));
     }
-    let run = ChatRun::open(kind.name(), options)?;
     let stage = PairStage {
         encoder: run.tokenizer().encoder(),
-        template: &run.template,
-        render: &run.render,
+        template: run.template,
+        render: run.render,
         options,
     };
     let with_margin = options.margin_field.is_some();
@@ -165,7 +176,7 @@ pub fn prep_pairs(kind: Kind, options: &ChatOptions, cancel: &AtomicBool) -> Res
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Rm => "rm",
             Kind::Dpo => "dpo",

@@ -19,8 +19,10 @@ use crate::manifest::Manifest;
 use crate::pack::{BlockSink, LastBlock, LastBlockOutcome, Packer};
 use crate::pipeline::{EmptyPolicy, Outcome, Stage};
 use crate::reader::{json_kind, Body, DocSep, RawRecord, ReadOptions};
-use crate::run::{CommonOptions, StageReport, StageRun, Written};
+use crate::rows::{Cell, RowBatcher};
+use crate::run::{load_tokenizer, CommonOptions, Output, StageReport, StageRun, Written};
 use crate::shard::ShardWriter;
+use crate::tokenizer::LoadedTokenizer;
 
 /// Everything `prep pt` takes. The CLI and the Python API both fill this in.
 #[derive(Debug, Clone)]
@@ -75,6 +77,12 @@ impl PtOptions {
 /// shard holds fewer, so that shards roll over close to `--shard-size`.
 const BATCH_ROWS: usize = 1000;
 
+/// Rows per batch of `block_size` blocks for shards of `shard_size` bytes.
+pub(crate) fn block_batch_rows(block_size: usize, shard_size: u64) -> usize {
+    let row_bytes = block_size as u64 * 13; // 4 + 1 + 4 + 4 bytes per token
+    (shard_size / row_bytes).clamp(1, BATCH_ROWS as u64) as usize
+}
+
 /// Every input format PT reads.
 const FORMATS: [Format; 4] = [Format::Txt, Format::Jsonl, Format::Json, Format::Parquet];
 
@@ -82,34 +90,14 @@ const FORMATS: [Format; 4] = [Format::Txt, Format::Jsonl, Format::Json, Format::
 pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
     options.validate()?;
     let common = &options.common;
-    let run = StageRun::open(
-        "pt",
-        common,
-        options.eos_token.as_deref(),
-        options.format,
-        &FORMATS,
-    )?;
-    let info = &run.tokenizer.info;
-    let eos_id = match (&info.eos, options.eos) {
-        (_, false) => None,
-        (_, true) if info.post_processor_adds_eos => None,
-        (Some(eos), true) => Some(eos.id),
-        (None, true) => {
-            return Err(CoreError::config(
-                "eos",
-                format!(
-                    "the tokenizer at '{}' names no eos token: pass --eos-token TOKEN or --no-eos",
-                    common.tokenizer.display()
-                ),
-            ))
-        }
-    };
-    let pad_id = info.pad.as_ref().or(info.eos.as_ref()).map_or(0, |t| t.id);
+    common.validate()?;
+    let tokenizer = load_tokenizer(common, options.eos_token.as_deref())?;
+    let run = StageRun::open("pt", common, tokenizer, options.format, &FORMATS)?;
+    let (eos_id, pad_id) = eos_and_pad(&run.tokenizer, options)?;
 
     let schema = pt_schema(options.block_size);
     let writer = run.shard_writer(schema.clone(), common)?;
-    let row_bytes = options.block_size as u64 * 13; // 4 + 1 + 4 + 4 bytes per token
-    let batch_rows = (common.shard_size / row_bytes).clamp(1, BATCH_ROWS as u64) as usize;
+    let batch_rows = block_batch_rows(options.block_size, common.shard_size);
     let mut sink = BlockBatcher::new(options.block_size, batch_rows, writer, schema.clone());
     let mut packer = Packer::new(options.block_size)?;
     let read = ReadOptions {
@@ -142,17 +130,7 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
     };
     let (written, blocks) = sink.finish(schema)?;
     let report = StageReport {
-        options: json!({
-            "block_size": options.block_size,
-            "text_field": options.text_field,
-            "doc_sep": match options.doc_sep { DocSep::Line => "line", DocSep::BlankLine => "blank-line" },
-            "last_block": options.last_block,
-            "eos": options.eos,
-            "eos_id_appended": eos_id,
-            "pad_id": pad_id,
-            "empty": options.empty.name(),
-            "add_special_tokens": true,
-        }),
+        options: pt_options_json(options, eos_id, pad_id),
         template: Value::Null,
         tokens: json!({
             "documents": document_tokens,
@@ -166,7 +144,94 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
             "last_block": last_block,
         }),
     };
+    Ok(run.finish(common, ran, written, report, cancel)?.manifest)
+}
+
+/// The EOS id appended after each document (none when not asked for, or when the tokenizer's
+/// post-processor adds it already) and the id that pads the last block.
+fn eos_and_pad(tokenizer: &LoadedTokenizer, options: &PtOptions) -> Result<(Option<u32>, u32)> {
+    let info = &tokenizer.info;
+    let eos_id = match (&info.eos, options.eos) {
+        (_, false) => None,
+        (_, true) if info.post_processor_adds_eos => None,
+        (Some(eos), true) => Some(eos.id),
+        (None, true) => {
+            return Err(CoreError::config(
+                "eos",
+                format!(
+                    "the tokenizer at '{}' names no eos token: pass --eos-token TOKEN or --no-eos",
+                    options.common.tokenizer.display()
+                ),
+            ))
+        }
+    };
+    let pad_id = info.pad.as_ref().or(info.eos.as_ref()).map_or(0, |t| t.id);
+    Ok((eos_id, pad_id))
+}
+
+/// The batch transform's PT: each record tokenized (EOS appended) into one `input_ids` row.
+/// Packing is left to the writer, which packs the documents of all batches in input order
+/// ([`pack_documents`]), so the blocks are those of one `prep pt` run.
+pub fn pt_documents(run: StageRun, options: &PtOptions, cancel: &AtomicBool) -> Result<Output> {
+    options.validate()?;
+    let common = &options.common;
+    let (eos_id, pad_id) = eos_and_pad(&run.tokenizer, options)?;
+    let schema = crate::rows::list_schema(&[("input_ids", crate::rows::Item::Int32)]);
+    let writer = run.shard_writer(schema.clone(), common)?;
+    let mut batcher = RowBatcher::new(schema.clone(), vec![crate::rows::Item::Int32], writer, 1000);
+    let read = ReadOptions {
+        doc_sep: options.doc_sep,
+        text_column: options.text_field.clone(),
+    };
+    let stage = PtStage {
+        encoder: run.tokenizer.encoder(),
+        eos_id,
+        text_field: &options.text_field,
+    };
+    let mut document_tokens = 0u64;
+    let mut ids = Vec::new();
+    let ran = run.run(
+        common,
+        read,
+        options.empty,
+        &stage,
+        cancel,
+        |tokens: Vec<u32>| {
+            document_tokens += tokens.len() as u64;
+            ids.clear();
+            ids.extend(tokens.iter().map(|&t| t as i32));
+            batcher.push(&[Cell::Ints(&ids)])?;
+            Ok(tokens.len() as u64)
+        },
+    )?;
+    let (shards, rows) = batcher.finish()?;
+    let written = Written {
+        schema,
+        rows,
+        shards,
+    };
+    let report = StageReport {
+        options: pt_options_json(options, eos_id, pad_id),
+        template: Value::Null,
+        tokens: json!({"documents": document_tokens}),
+        stage_info: json!({"block_size": options.block_size, "packed": false}),
+    };
     run.finish(common, ran, written, report, cancel)
+}
+
+/// PT's own options, as the manifest records them.
+fn pt_options_json(options: &PtOptions, eos_id: Option<u32>, pad_id: u32) -> Value {
+    json!({
+        "block_size": options.block_size,
+        "text_field": options.text_field,
+        "doc_sep": match options.doc_sep { DocSep::Line => "line", DocSep::BlankLine => "blank-line" },
+        "last_block": options.last_block,
+        "eos": options.eos,
+        "eos_id_appended": eos_id,
+        "pad_id": pad_id,
+        "empty": options.empty.name(),
+        "add_special_tokens": true,
+    })
 }
 
 /// The Arrow schema of PT shards: fixed-size lists, so a batch loads as a 2-D tensor.
@@ -276,13 +341,13 @@ fn refill<T>(column: &mut Vec<T>, capacity: usize) -> Vec<T> {
 }
 
 /// Token totals of the blocks the batcher wrote.
-struct BlockTokens {
-    real_tokens: u64,
-    padding: u64,
+pub(crate) struct BlockTokens {
+    pub real_tokens: u64,
+    pub padding: u64,
 }
 
 /// Gathers blocks into record batches of `batch_rows` rows for the shard writer.
-struct BlockBatcher {
+pub(crate) struct BlockBatcher {
     block_size: usize,
     batch_rows: usize,
     schema: SchemaRef,
@@ -297,7 +362,7 @@ struct BlockBatcher {
 }
 
 impl BlockBatcher {
-    fn new(
+    pub(crate) fn new(
         block_size: usize,
         batch_rows: usize,
         writer: ShardWriter,
@@ -351,7 +416,7 @@ impl BlockBatcher {
         self.writer.write(&batch)
     }
 
-    fn finish(mut self, schema: SchemaRef) -> Result<(Written, BlockTokens)> {
+    pub(crate) fn finish(mut self, schema: SchemaRef) -> Result<(Written, BlockTokens)> {
         self.flush()?;
         let written = Written {
             schema,

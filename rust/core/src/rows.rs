@@ -15,7 +15,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{CoreError, Result};
 use crate::manifest::Column;
-use crate::shard::{ShardInfo, ShardWriter};
+use crate::shard::{ShardWriter, Shards};
 
 /// The Arrow type of a column: a list of int32 or int8, a string, or a float32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ impl RowBatcher {
     }
 
     /// Flushes and closes the shards.
-    pub fn finish(mut self) -> Result<(Vec<ShardInfo>, u64)> {
+    pub fn finish(mut self) -> Result<(Shards, u64)> {
         self.flush()?;
         let rows = self.rows;
         Ok((self.writer.finish()?, rows))

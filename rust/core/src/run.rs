@@ -9,8 +9,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde_json::{json, Map, Value};
 
@@ -19,10 +21,10 @@ use crate::error::{CoreError, Result};
 use crate::input::{resolve_inputs, Format, InputFile};
 use crate::manifest::{input_entries, Manifest, Timings, FORMAT_VERSION};
 use crate::output::{publish, Staging};
-use crate::pipeline::{self, EmptyPolicy, Policy, Rejects, Source, Stage, Totals};
+use crate::pipeline::{self, EmptyPolicy, Input, Policy, Records, Rejects, Source, Stage, Totals};
 use crate::progress::Progress;
 use crate::reader::ReadOptions;
-use crate::shard::{ShardInfo, ShardWriter};
+use crate::shard::{ShardWriter, Shards};
 use crate::tokenizer::LoadedTokenizer;
 
 /// The options every stage takes, as the CLI spells them.
@@ -93,12 +95,26 @@ impl CommonOptions {
 /// A stage's run: the tokenizer and inputs opened, the output staged.
 pub struct StageRun {
     pub stage: &'static str,
-    pub tokenizer: LoadedTokenizer,
-    files: Vec<InputFile>,
-    staging: Staging,
+    pub tokenizer: Arc<LoadedTokenizer>,
+    target: Target,
     started: Instant,
     /// Seconds loading the tokenizer and its engines took.
     load_seconds: f64,
+}
+
+/// What a run reads and where its rows go.
+enum Target {
+    /// `prep`: input files, rows written to shards in a staged output folder.
+    Files {
+        files: Vec<InputFile>,
+        staging: Staging,
+    },
+    /// The batch transform: records in memory, rows kept as record batches for the caller.
+    Batch {
+        records: Records,
+        /// The engine's text counts before the batch, so the report counts this batch's only.
+        texts_before: Value,
+    },
 }
 
 /// What [`StageRun::run`] found besides the rows it handed on.
@@ -106,15 +122,30 @@ pub struct Ran {
     pub totals: Totals,
     /// Wall seconds from the first record read to the last row handed on.
     pub seconds: f64,
-    /// `rejects.jsonl` when any record was rejected.
+    /// `rejects.jsonl` when any record was rejected into it.
     pub rejects_file: Option<&'static str>,
+    /// The rejects' lines, for a batch run (they go back to the caller).
+    pub reject_lines: Vec<String>,
 }
 
 /// What a stage's sink wrote.
 pub struct Written {
     pub schema: SchemaRef,
     pub rows: u64,
-    pub shards: Vec<ShardInfo>,
+    pub shards: Shards,
+}
+
+/// What a finished run leaves: the manifest and, for a batch run, its rows and rejects.
+pub struct Output {
+    pub manifest: Manifest,
+    /// The rows' schema.
+    pub schema: SchemaRef,
+    /// A batch run's rows (empty for a run that wrote shards).
+    pub batches: Vec<RecordBatch>,
+    /// A batch run's rejects, one `rejects.jsonl` line each.
+    pub rejects: Vec<String>,
+    /// A batch run's written records, in row order: file index and line.
+    pub written_at: Vec<(usize, u64)>,
 }
 
 /// The stage's own parts of the manifest.
@@ -127,20 +158,29 @@ pub struct StageReport {
     pub stage_info: Value,
 }
 
+/// Loads the tokenizer of `common` (with `eos_override` as its end-of-document token); returns
+/// it with the seconds it took.
+pub fn load_tokenizer(
+    common: &CommonOptions,
+    eos_override: Option<&str>,
+) -> Result<(Arc<LoadedTokenizer>, f64)> {
+    let started = Instant::now();
+    let tokenizer = LoadedTokenizer::load(&common.tokenizer, eos_override, common.engine)?;
+    Ok((Arc::new(tokenizer), started.elapsed().as_secs_f64()))
+}
+
 impl StageRun {
-    /// Opens the tokenizer (with `eos_override` as its end-of-document token) and the inputs,
-    /// read as `format` or detected from their names; every file must be one of `accepts`.
+    /// Opens the inputs, read as `format` or detected from their names (every file must be one
+    /// of `accepts`), and stages the output; `tokenizer` took `load_seconds` to load.
     pub fn open(
         stage: &'static str,
         common: &CommonOptions,
-        eos_override: Option<&str>,
+        (tokenizer, load_seconds): (Arc<LoadedTokenizer>, f64),
         format: Option<Format>,
         accepts: &[Format],
     ) -> Result<StageRun> {
         let started = Instant::now();
         common.validate()?;
-        let tokenizer = LoadedTokenizer::load(&common.tokenizer, eos_override, common.engine)?;
-        let load_seconds = started.elapsed().as_secs_f64();
         let files = resolve_inputs(&common.inputs, format)?;
         if let Some(file) = files.iter().find(|f| !accepts.contains(&f.format)) {
             let names: Vec<String> = accepts.iter().map(|f| format!(".{}", f.name())).collect();
@@ -153,16 +193,35 @@ impl StageRun {
         Ok(StageRun {
             stage,
             tokenizer,
-            files,
-            staging,
+            target: Target::Files { files, staging },
             started,
             load_seconds,
         })
     }
 
-    /// A shard writer into the staged output.
+    /// A run over records in memory with a tokenizer already loaded (the batch transform).
+    pub fn batch(stage: &'static str, tokenizer: Arc<LoadedTokenizer>, records: Records) -> Self {
+        let texts_before = tokenizer.engine_report()["texts"].clone();
+        StageRun {
+            stage,
+            tokenizer,
+            target: Target::Batch {
+                records,
+                texts_before,
+            },
+            started: Instant::now(),
+            load_seconds: 0.0,
+        }
+    }
+
+    /// A shard writer into the staged output (in memory for a batch run).
     pub fn shard_writer(&self, schema: SchemaRef, common: &CommonOptions) -> Result<ShardWriter> {
-        ShardWriter::new(self.staging.path(), schema, common.shard_size)
+        match &self.target {
+            Target::Files { staging, .. } => {
+                ShardWriter::new(staging.path(), schema, common.shard_size)
+            }
+            Target::Batch { .. } => Ok(ShardWriter::in_memory(schema)),
+        }
     }
 
     /// Runs `stage` over the inputs, handing each row to `consume` in input order (it returns
@@ -176,13 +235,24 @@ impl StageRun {
         cancel: &AtomicBool,
         consume: impl FnMut(S::Row) -> Result<u64>,
     ) -> Result<Ran> {
-        let mut rejects = Rejects::new(self.staging.path(), common.skip_bad);
-        let total_bytes: u64 = self.files.iter().map(|f| f.bytes).sum();
+        let (mut rejects, input, total_bytes, quiet) = match &self.target {
+            Target::Files { files, staging } => (
+                Rejects::new(staging.path(), common.skip_bad),
+                Input::Files(files, read),
+                files.iter().map(|f| f.bytes).sum(),
+                common.quiet,
+            ),
+            Target::Batch { records, .. } => (
+                Rejects::in_memory(common.skip_bad),
+                Input::Records(records),
+                0,
+                true,
+            ),
+        };
         let label = format!("prep {}", self.stage);
-        let mut progress = Progress::new(&label, total_bytes, common.quiet);
+        let mut progress = Progress::new(&label, total_bytes, quiet);
         let source = Source {
-            files: &self.files,
-            read,
+            input,
             num_shards: common.num_shards,
             shard_index: common.shard_index,
         };
@@ -200,14 +270,16 @@ impl StageRun {
             &mut progress,
             consume,
         )?;
+        let rejects = rejects.finish()?;
         Ok(Ran {
             totals,
             seconds: started.elapsed().as_secs_f64(),
-            rejects_file: rejects.finish()?,
+            rejects_file: rejects.file,
+            reject_lines: rejects.lines,
         })
     }
 
-    /// Writes the manifest and publishes the output folder.
+    /// Writes the manifest and publishes the output folder (a batch run returns its rows).
     pub fn finish(
         self,
         common: &CommonOptions,
@@ -215,7 +287,7 @@ impl StageRun {
         written: Written,
         report: StageReport,
         cancel: &AtomicBool,
-    ) -> Result<Manifest> {
+    ) -> Result<Output> {
         let mut options = common.to_json();
         if let Value::Object(own) = report.options {
             options.extend(own);
@@ -230,27 +302,56 @@ impl StageRun {
             process: busy.process,
             write: busy.write,
         };
+        let mut engine = self.tokenizer.engine_report();
+        let inputs = match &self.target {
+            Target::Files { files, .. } => input_entries(files, &ran.totals.summaries),
+            Target::Batch { texts_before, .. } => {
+                for name in ["fast", "reference"] {
+                    let before = texts_before[name].as_u64().unwrap_or(0);
+                    let after = engine["texts"][name].as_u64().unwrap_or(0);
+                    engine["texts"][name] = json!(after.saturating_sub(before));
+                }
+                Vec::new()
+            }
+        };
         let manifest = Manifest {
             format: "ferrotune.shards",
             format_version: FORMAT_VERSION,
             ferrotune_version: env!("CARGO_PKG_VERSION"),
             stage: self.stage,
-            inputs: input_entries(&self.files, &ran.totals.summaries),
+            inputs,
             tokenizer: self.tokenizer.info.clone(),
-            engine: self.tokenizer.engine_report(),
+            engine,
             template: report.template,
             options: Value::Object(options),
             counts: ran.totals.counts,
             tokens: report.tokens,
             columns: crate::rows::describe(&written.schema),
             rows: written.rows,
-            shards: written.shards,
+            shards: written.shards.files,
             stage_info,
             timings,
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
         };
-        let description = format!("ferrotune {} data (see manifest.json)", self.stage);
-        publish(self.staging, &manifest, &description, cancel)?;
-        Ok(manifest)
+        match self.target {
+            Target::Files { staging, .. } => {
+                let description = format!("ferrotune {} data (see manifest.json)", self.stage);
+                publish(staging, &manifest, &manifest.shards, &description, cancel)?;
+                Ok(Output {
+                    manifest,
+                    schema: written.schema,
+                    batches: Vec::new(),
+                    rejects: Vec::new(),
+                    written_at: Vec::new(),
+                })
+            }
+            Target::Batch { .. } => Ok(Output {
+                manifest,
+                schema: written.schema,
+                batches: written.shards.batches,
+                rejects: ran.reject_lines,
+                written_at: ran.totals.written_at,
+            }),
+        }
     }
 }

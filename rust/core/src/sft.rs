@@ -14,7 +14,8 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{json, Map, Value};
 
 use crate::chat_prep::{
-    json_object, layout_of, with_default_system, ChatOptions, ChatRun, Overlong,
+    json_object, layout_of, prep_chat, with_default_system, ChatOptions, ChatRun, ChatStage,
+    Overlong,
 };
 use crate::conversation::{self, Layout};
 use crate::encoder::Encoder;
@@ -25,6 +26,7 @@ use crate::pack::BestFit;
 use crate::pipeline::{Outcome, Stage};
 use crate::reader::RawRecord;
 use crate::rows::{Cell, Item, RowBatcher};
+use crate::run::Output;
 use crate::template::{ChatTemplate, RenderOptions};
 
 /// Conversations per packing window: bounded memory, and large enough that best-fit finds
@@ -43,11 +45,15 @@ pub struct SftRow {
 
 /// Runs `prep sft` and returns the manifest it wrote.
 pub fn prep_sft(options: &ChatOptions, cancel: &AtomicBool) -> Result<Manifest> {
-    let run = ChatRun::open("sft", options)?;
+    prep_chat(ChatStage::Sft, options, cancel)
+}
+
+/// Runs `prep sft` over `run`'s records.
+pub fn sft(run: ChatRun<'_>, options: &ChatOptions, cancel: &AtomicBool) -> Result<Output> {
     let stage = SftStage {
         encoder: run.tokenizer().encoder(),
-        template: &run.template,
-        render: &run.render,
+        template: run.template,
+        render: run.render,
         end_tokens: run.tokenizer().special_token_strings(),
         options,
     };

@@ -53,9 +53,18 @@ struct OpenShard {
     rows: u64,
 }
 
-/// Streams batches into size-limited shards inside `dir`.
+/// What a [`ShardWriter`] wrote: shard files, or (in memory) the batches themselves.
+pub struct Shards {
+    pub files: Vec<ShardInfo>,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Streams batches into size-limited shards inside `dir`, or keeps them in memory (the batch
+/// transform's output: the rows go back to the caller, not to files).
 pub struct ShardWriter {
     dir: PathBuf,
+    /// `Some` for a writer that keeps its batches instead of writing files.
+    memory: Option<Vec<RecordBatch>>,
     schema: SchemaRef,
     max_shard_bytes: u64,
     current: Option<OpenShard>,
@@ -70,11 +79,24 @@ impl ShardWriter {
         }
         Ok(ShardWriter {
             dir: dir.to_path_buf(),
+            memory: None,
             schema,
             max_shard_bytes,
             current: None,
             done: Vec::new(),
         })
+    }
+
+    /// A writer that keeps the batches it is given, for [`ShardWriter::finish`] to return.
+    pub fn in_memory(schema: SchemaRef) -> ShardWriter {
+        ShardWriter {
+            dir: PathBuf::new(),
+            memory: Some(Vec::new()),
+            schema,
+            max_shard_bytes: u64::MAX,
+            current: None,
+            done: Vec::new(),
+        }
     }
 
     fn arrow_error(path: &Path, e: impl std::fmt::Display) -> CoreError {
@@ -107,6 +129,10 @@ impl ShardWriter {
     /// Appends one batch, opening a new shard when needed.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if let Some(batches) = &mut self.memory {
+            batches.push(batch.clone());
             return Ok(());
         }
         if self.current.is_none() {
@@ -157,7 +183,13 @@ impl ShardWriter {
 
     /// Closes the last shard and gives every shard its final name. With no rows at all, one
     /// empty shard is written so that readers still find the schema.
-    pub fn finish(mut self) -> Result<Vec<ShardInfo>> {
+    pub fn finish(mut self) -> Result<Shards> {
+        if let Some(batches) = self.memory.take() {
+            return Ok(Shards {
+                files: Vec::new(),
+                batches,
+            });
+        }
         self.close_current()?;
         if self.done.is_empty() {
             let mut shard = self.open()?;
@@ -177,7 +209,10 @@ impl ShardWriter {
             std::fs::rename(&partial, &target).map_err(|e| CoreError::io(&partial, e))?;
             shards.push(info);
         }
-        Ok(shards)
+        Ok(Shards {
+            files: shards,
+            batches: Vec::new(),
+        })
     }
 }
 

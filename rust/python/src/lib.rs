@@ -17,20 +17,25 @@ use std::sync::Arc;
 use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
+use ferrotune_core::chat_prep::{self, ChatStage};
 use ferrotune_core::encoder::{EngineChoice, IdsAndOffsets};
+use ferrotune_core::folder::FolderWriter;
 use ferrotune_core::input::Format;
 use ferrotune_core::pack::LastBlock;
-use ferrotune_core::ppo::prep_ppo;
-use ferrotune_core::preference::{prep_pairs, Kind};
 use ferrotune_core::reader::DocSep;
 use ferrotune_core::shard::parse_size;
 use ferrotune_core::tokenizer::LoadedTokenizer;
+use ferrotune_core::transform::{read_records as read_file_records, Transform};
 use ferrotune_core::{
     ChatOptions, ChatTemplate, CommonOptions, CoreError, EmptyPolicy, PtOptions, RenderOptions,
 };
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict};
+
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
+use arrow_array::{RecordBatch, RecordBatchIterator};
+use arrow_schema::{ArrowError, SchemaRef};
 
 /// Raises the `ferrotune.errors` exception that matches a core error, with its attributes set.
 fn to_py_err(py: Python<'_>, error: CoreError) -> PyErr {
@@ -194,29 +199,14 @@ fn prep_pt(
     Ok(serde_json::to_string(&manifest).expect("the manifest serializes"))
 }
 
-/// Parses one JSON argument of `render_chat_template`.
 /// Runs a conversation stage (`sft`, `rm`, `dpo`, `ppo`) with its options as one JSON object;
 /// returns the manifest as JSON.
 #[pyfunction]
 fn prep_chat(py: Python<'_>, stage: &str, options_json: &str) -> PyResult<String> {
     let options = ChatOptions::from_json(options_json).map_err(|e| to_py_err(py, e))?;
-    let stage = match stage {
-        "sft" => Stage::Sft,
-        "rm" => Stage::Pairs(Kind::Rm),
-        "dpo" => Stage::Pairs(Kind::Dpo),
-        "ppo" => Stage::Ppo,
-        other => {
-            let error = CoreError::config(
-                "stage",
-                format!("'{other}' is not one of sft, rm, dpo, ppo"),
-            );
-            return Err(to_py_err(py, error));
-        }
-    };
-    let manifest = run_interruptible(py, move |cancel| match stage {
-        Stage::Sft => ferrotune_core::prep_sft(&options, cancel),
-        Stage::Pairs(kind) => prep_pairs(kind, &options, cancel),
-        Stage::Ppo => prep_ppo(&options, cancel),
+    let stage = ChatStage::parse(stage).map_err(|e| to_py_err(py, e))?;
+    let manifest = run_interruptible(py, move |cancel| {
+        chat_prep::prep_chat(stage, &options, cancel)
     })?;
     Ok(serde_json::to_string(&manifest).expect("the manifest serializes"))
 }
@@ -235,12 +225,6 @@ fn builtin_templates() -> Vec<(&'static str, &'static str)> {
 fn tokenizer_fingerprint(py: Python<'_>, path: std::path::PathBuf) -> PyResult<String> {
     py.detach(|| ferrotune_core::fingerprint::fingerprint_path(&path))
         .map_err(|e| to_py_err(py, e))
-}
-
-enum Stage {
-    Sft,
-    Pairs(Kind),
-    Ppo,
 }
 
 fn parse_json(name: &str, text: &str) -> PyResult<serde_json::Value> {
@@ -386,9 +370,214 @@ impl PyTokenizer {
     }
 }
 
+/// The name the Arrow PyCapsule interface gives a stream capsule.
+const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
+
+/// The record batches of any object with `__arrow_c_stream__` (a pyarrow Table or
+/// RecordBatch, a Ray block, a polars frame): imported through the C stream interface, so the
+/// buffers are shared, not copied.
+fn import_batches(data: &Bound<'_, PyAny>) -> PyResult<Vec<RecordBatch>> {
+    let capsule = data.call_method0("__arrow_c_stream__").map_err(|_| {
+        PyValueError::new_err(format!(
+            "expected Arrow data (an object with __arrow_c_stream__, e.g. a pyarrow Table or \
+             RecordBatch), got {}",
+            data.get_type()
+        ))
+    })?;
+    let capsule = capsule.cast::<PyCapsule>()?;
+    let pointer = capsule.pointer_checked(Some(STREAM_CAPSULE))?;
+    // SAFETY: the capsule holds an `ArrowArrayStream` (the interface's contract for this
+    // name); `from_raw` moves it out and leaves a released stream behind for the capsule.
+    let reader = unsafe { RecordBatchStreamReader::from_raw(pointer.cast().as_ptr()) }
+        .map_err(|e| PyValueError::new_err(format!("Arrow stream: {e}")))?;
+    reader
+        .collect::<Result<Vec<_>, ArrowError>>()
+        .map_err(|e| PyValueError::new_err(format!("Arrow stream: {e}")))
+}
+
+/// Record batches handed to Python through `__arrow_c_stream__` (`pyarrow.table(stream)`
+/// takes them without a copy). A stream is read once.
+#[pyclass(name = "ArrowStream", module = "ferrotune._native")]
+struct ArrowStream {
+    data: Option<(SchemaRef, Vec<RecordBatch>)>,
+}
+
+#[pymethods]
+impl ArrowStream {
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_stream__<'py>(
+        &mut self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = requested_schema; // the rows keep their own schema
+        let (schema, batches) = self
+            .data
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this Arrow stream was already read"))?;
+        let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let stream = FFI_ArrowArrayStream::new(Box::new(reader));
+        PyCapsule::new_with_value(py, stream, STREAM_CAPSULE)
+    }
+}
+
+/// A stage loaded once (tokenizer, chat template) and run on one Arrow table after another.
+#[pyclass(frozen, name = "Transform", module = "ferrotune._native")]
+struct PyTransform {
+    inner: Transform,
+}
+
+#[pymethods]
+impl PyTransform {
+    #[new]
+    fn new(py: Python<'_>, stage: &str, options_json: &str) -> PyResult<Self> {
+        let inner = py
+            .detach(|| Transform::new(stage, options_json))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(PyTransform { inner })
+    }
+
+    #[getter]
+    fn stage(&self) -> &'static str {
+        self.inner.stage()
+    }
+
+    /// Runs the stage on one table of records (GIL released); returns the rows as an
+    /// `ArrowStream`, the batch's manifest as JSON, and its rejects (`rejects.jsonl` lines).
+    fn run(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<(ArrowStream, String, Vec<String>)> {
+        let batches = import_batches(data)?;
+        let cancel = AtomicBool::new(false);
+        let output = py
+            .detach(|| self.inner.run(&batches, &cancel))
+            .map_err(|e| to_py_err(py, e))?;
+        let manifest = serde_json::to_string(&output.manifest).expect("the manifest serializes");
+        let stream = ArrowStream {
+            data: Some((output.schema, output.batches)),
+        };
+        Ok((stream, manifest, output.rejects))
+    }
+}
+
+/// The raw records of the files at `path` (a file, folder or glob), split as `prep` splits them:
+/// an `ArrowStream` of `file`, `line`, `kind`, `record`.
+#[pyfunction]
+#[pyo3(signature = (path, *, doc_sep="line".to_string(), text_column="text".to_string(), batch_rows=4096))]
+fn read_records(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    doc_sep: String,
+    text_column: String,
+    batch_rows: usize,
+) -> PyResult<ArrowStream> {
+    let read = (|| {
+        Ok::<_, CoreError>(ferrotune_core::reader::ReadOptions {
+            doc_sep: DocSep::parse(&doc_sep)?,
+            text_column,
+        })
+    })()
+    .map_err(|e| to_py_err(py, e))?;
+    let (schema, batches) = py
+        .detach(|| read_file_records(&path, &read, batch_rows))
+        .map_err(|e| to_py_err(py, e))?;
+    Ok(ArrowStream {
+        data: Some((schema, batches)),
+    })
+}
+
+/// An output folder written from Arrow batches made elsewhere (Ray, Spark, merge), published
+/// atomically with the manifest the caller assembled.
+#[pyclass(name = "FolderWriter", module = "ferrotune._native")]
+struct PyFolderWriter {
+    inner: Option<FolderWriter>,
+}
+
+impl PyFolderWriter {
+    fn open(&mut self) -> PyResult<&mut FolderWriter> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("this folder was already finished"))
+    }
+}
+
+#[pymethods]
+impl PyFolderWriter {
+    /// Rows written as they come, or with `block_size` PT documents packed into blocks.
+    #[new]
+    #[pyo3(signature = (out, *, overwrite=false, shard_size="500MB".to_string(), block_size=None, last_block="pad".to_string(), pad_id=0))]
+    fn new(
+        py: Python<'_>,
+        out: std::path::PathBuf,
+        overwrite: bool,
+        shard_size: String,
+        block_size: Option<usize>,
+        last_block: String,
+        pad_id: u32,
+    ) -> PyResult<Self> {
+        let open = || -> Result<FolderWriter, CoreError> {
+            let size = parse_size(&shard_size)?;
+            match block_size {
+                None => FolderWriter::rows(&out, overwrite, size),
+                Some(block) => FolderWriter::blocks(
+                    &out,
+                    overwrite,
+                    size,
+                    block,
+                    LastBlock::parse(&last_block)?,
+                    pad_id,
+                ),
+            }
+        };
+        let inner = open().map_err(|e| to_py_err(py, e))?;
+        Ok(PyFolderWriter { inner: Some(inner) })
+    }
+
+    /// Appends the batches of any Arrow data (`__arrow_c_stream__`).
+    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let batches = import_batches(data)?;
+        let writer = self.open()?;
+        py.detach(|| batches.iter().try_for_each(|batch| writer.write(batch)))
+            .map_err(|e| to_py_err(py, e))
+    }
+
+    /// Writes a file beside the shards.
+    fn write_file(&mut self, py: Python<'_>, name: &str, contents: &[u8]) -> PyResult<()> {
+        self.open()?
+            .write_file(name, contents)
+            .map_err(|e| to_py_err(py, e))
+    }
+
+    /// Completes the manifest (JSON) and publishes the folder; returns the manifest as JSON.
+    #[pyo3(signature = (manifest_json, *, description))]
+    fn finish(
+        &mut self,
+        py: Python<'_>,
+        manifest_json: &str,
+        description: &str,
+    ) -> PyResult<String> {
+        let manifest = parse_json("manifest_json", manifest_json)?;
+        let writer = self
+            .inner
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this folder was already finished"))?;
+        let cancel = AtomicBool::new(false);
+        let manifest = py
+            .detach(|| writer.finish(manifest, description, &cancel))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(serde_json::to_string_pretty(&manifest).expect("JSON"))
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyTransform>()?;
+    m.add_class::<ArrowStream>()?;
+    m.add_class::<PyFolderWriter>()?;
+    m.add_function(wrap_pyfunction!(read_records, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
     m.add_function(wrap_pyfunction!(prep_chat, m)?)?;
