@@ -7,7 +7,9 @@ shards that ``datasets.load_from_disk`` reads as is; ``read_manifest`` reads its
 imported on first use, so the CLI's prep commands start without torch. ``Tokenizer`` is a
 ``tokenizer.json`` as the engine loads it (``Tokenizer(path, engine="auto")``): ``encode_batch``,
 ``encode_batch_with_offsets`` (character offsets) and ``engine_report`` (which engine encoded how
-many texts), the very encoder the ``prep_*`` stages run.
+many texts), the very encoder the ``prep_*`` stages run. ``Transform`` is a stage as an Arrow
+batch transform (Ray Data's ``map_batches``, Spark's ``mapInArrow``; ``ferrotune.data.ray``
+reads records and writes the folder).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ferrotune._native import Tokenizer
 from ferrotune.data.manifest import read_manifest
 from ferrotune.data.prep import prep_dpo, prep_ppo, prep_pt, prep_rm, prep_sft
 from ferrotune.data.template import builtin_templates, render_chat_template
+from ferrotune.data.transform import Transform
 
 if TYPE_CHECKING:
     from ferrotune.data.shards import ShardDataset
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ShardDataset",
     "Tokenizer",
+    "Transform",
     "builtin_templates",
     "prep_dpo",
     "prep_ppo",

@@ -109,10 +109,13 @@ class Transform:
         """Runs the stage on one table of records."""
         import pyarrow as pa
 
-        stream, manifest, rejects = self._native().run(data)
+        table = data if isinstance(data, pa.Table) else pa.table(data)
+        stream, manifest, rejects = self._native().run(table)
+        manifest = json.loads(manifest)
+        manifest["inputs"] = _records_per_file(table)
         return TransformResult(
             rows=pa.table(stream),
-            manifest=json.loads(manifest),
+            manifest=manifest,
             rejects=[json.loads(line) for line in rejects],
         )
 
@@ -125,9 +128,19 @@ class Transform:
         accounting = json.dumps({"manifest": result.manifest, "rejects": result.rejects})
         nulls = [pa.nulls(len(rows), pa.large_string())]
         rows = rows.append_column(pa.field(ACCOUNTING, pa.large_string()), nulls)
-        row = {name: pa.nulls(1, field.type) for name, field in zip(rows.column_names, rows.schema)}
+        row = {field.name: pa.nulls(1, field.type) for field in rows.schema}
         row[ACCOUNTING] = pa.array([accounting], pa.large_string())
         return pa.concat_tables([rows, pa.table(row, schema=rows.schema)])
+
+
+def _records_per_file(table: Any) -> list[dict[str, Any]]:
+    """The records of each file in a raw-records table, in order of appearance."""
+    if not {"file", "kind", "record"} <= set(table.column_names):
+        return []
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(table["file"]).to_pylist()  # in order of first appearance
+    return [{"path": item["values"], "records": item["counts"]} for item in counts]
 
 
 def read_records(
@@ -159,30 +172,30 @@ def split_accounting(table: Any) -> tuple[Any, list[dict[str, Any]]]:
     return rows, accounting
 
 
-# Counters summed over batches; everything else must agree between them.
-_SUMMED = ("counts", "tokens", "engine")
-# Derived figures, recomputed from the sums rather than summed.
-_DERIVED = {("tokens", "label_share")}
+# What is summed over batches (or folders); the stage, tokenizer, template and options must
+# agree. In ``stage_info`` every count is summed but these, which are settings or ratios.
+_NOT_SUMMED = {"block_size", "packing_efficiency", "label_share"}
 
 
-def _add(total: Any, value: Any, path: tuple[str, ...]) -> Any:
-    if path in _DERIVED:
-        return total
+def _add(total: Any, value: Any) -> Any:
+    """``value`` added into ``total``: numbers summed, dicts merged key by key, the rest kept."""
     if isinstance(total, bool) or isinstance(value, bool):
-        return total if total == value else total
+        return total
     if isinstance(total, (int, float)) and isinstance(value, (int, float)):
         return total + value
     if isinstance(total, dict) and isinstance(value, dict):
         merged = dict(total)
         for key, item in value.items():
-            merged[key] = _add(merged[key], item, (*path, key)) if key in merged else item
+            if key in _NOT_SUMMED:
+                continue
+            merged[key] = _add(merged[key], item) if key in merged else item
         return merged
     return total
 
 
 def sum_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     """One manifest from the manifests of many batches (or folders): counts, tokens, rows, the
-    engine's text counts and SFT's stage info summed; the stage, tokenizer, template and
+    engine's text counts and the stage's counts summed; the stage, tokenizer, template and
     options must be the same in all (a :class:`ConfigError` names the first difference)."""
     if not manifests:
         raise ConfigError("no manifests to sum", option="inputs")
@@ -193,20 +206,17 @@ def sum_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
                 raise ConfigError(
                     f"{key}: {_describe(key, manifest.get(key), total.get(key))}", option=key
                 )
-        for key in _SUMMED:
-            total[key] = _add(total.get(key, {}), manifest.get(key, {}), (key,))
+        for key in ("counts", "tokens", "stage_info"):
+            total[key] = _add(total.get(key) or {}, manifest.get(key) or {})
+        total["engine"]["texts"] = _add(total["engine"]["texts"], manifest["engine"]["texts"])
         total["rows"] = total.get("rows", 0) + manifest.get("rows", 0)
-        info = total.get("stage_info") or {}
-        other = manifest.get("stage_info") or {}
-        for key, value in other.items():
-            if key in ("conversations", "truncated", "pairs", "truncated_prompts",
-                       "truncated_answers", "prompt_prefix_mismatches", "prompts",
-                       "truncated", "with_reference", "length_histogram"):  # fmt: skip
-                info[key] = _add(info.get(key, 0 if not isinstance(value, dict) else {}), value, ())
-        total["stage_info"] = info
     tokens = total.get("tokens") or {}
     if "label_share" in tokens:
         tokens["label_share"] = tokens.get("labels", 0) / max(tokens.get("written", 0), 1)
+    histogram = total.get("stage_info", {}).get("length_histogram")
+    if isinstance(histogram, dict):
+        ordered = sorted(histogram.items(), key=lambda item: int(item[0].lstrip("<=")))
+        total["stage_info"]["length_histogram"] = dict(ordered)
     return total
 
 
@@ -223,6 +233,7 @@ def _comparable(key: str, value: Any) -> Any:
 def _describe(key: str, value: Any, first: Any) -> str:
     if isinstance(value, dict) and isinstance(first, dict):
         for name in sorted(set(value) | set(first)):
-            if _comparable(key, {name: value.get(name)}) != _comparable(key, {name: first.get(name)}):
+            one, other = {name: first.get(name)}, {name: value.get(name)}
+            if _comparable(key, one) != _comparable(key, other):
                 return f"'{name}' is {first.get(name)!r} in one and {value.get(name)!r} in another"
     return f"{first!r} in one and {value!r} in another"

@@ -199,6 +199,7 @@ impl FolderWriter {
             }
         };
         manifest["rows"] = json!(rows);
+        manifest["options"]["shard_size"] = json!(self.shard_size);
         manifest["shards"] = serde_json::to_value(&shards).expect("serializable");
         manifest["columns"] = serde_json::to_value(describe(&schema)).expect("serializable");
         publish(self.staging, &manifest, &shards, description, cancel)?;

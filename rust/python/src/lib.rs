@@ -571,6 +571,14 @@ impl PyFolderWriter {
     }
 }
 
+/// The files `prep` reads for `inputs` (files, folders, globs), in the order it reads them.
+#[pyfunction]
+fn resolve_inputs(py: Python<'_>, inputs: Vec<String>) -> PyResult<Vec<std::path::PathBuf>> {
+    let files =
+        ferrotune_core::input::resolve_inputs(&inputs, None).map_err(|e| to_py_err(py, e))?;
+    Ok(files.into_iter().map(|file| file.path).collect())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
@@ -578,6 +586,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ArrowStream>()?;
     m.add_class::<PyFolderWriter>()?;
     m.add_function(wrap_pyfunction!(read_records, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_inputs, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(prep_pt, m)?)?;
     m.add_function(wrap_pyfunction!(prep_chat, m)?)?;

@@ -1,0 +1,140 @@
+"""Writes the tables a :class:`~ferrotune.data.transform.Transform` returned — in input order,
+from Ray Data, Spark or a plain loop — into one ``prep`` output folder.
+
+The folder is what ``ferrotune prep`` writes for the same input: shards (PT documents packed
+into blocks here, in the order they arrive), ``rejects.jsonl`` in input order, and one manifest
+with the batches' accounting summed, the inputs listed with their sha256, and the shards with
+theirs. It is staged and appears atomically (the Rust ``FolderWriter``), so a killed job leaves
+no half-written folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ferrotune import _native
+from ferrotune.data.transform import split_accounting, sum_manifests
+from ferrotune.errors import DataError
+
+__all__ = ["write_tables"]
+
+# The columns a transform adds to the shard columns.
+PLACE = ["file", "line"]
+
+
+def write_tables(
+    tables: Iterable[Any],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    shard_size: str | int = "500MB",
+) -> dict[str, Any]:
+    """Writes transform output ``tables`` (data rows and accounting rows, in input order) to
+    ``out``; returns the manifest. Rows must arrive in input order (file, then line): a row out
+    of order is a :class:`DataError`, since the folder would not be the one ``prep`` writes."""
+    accounting: list[dict[str, Any]] = []
+    waiting: list[Any] = []  # rows that came before the first accounting told the stage
+    writer = None
+    order = _Order()
+    for table in tables:
+        rows, found = split_accounting(table)
+        accounting.extend(found)
+        if rows.num_rows:
+            order.check(rows)
+            waiting.append(rows.drop_columns(PLACE))
+        if writer is None and accounting:
+            writer = _open(accounting[0]["manifest"], out, overwrite, str(shard_size))
+        if writer is not None:
+            for pending in waiting:
+                writer.write(pending)
+            waiting.clear()
+    if writer is None:
+        raise DataError(f"{out}: no batch reached the writer (an empty dataset?)", path=str(out))
+    manifest = sum_manifests([entry["manifest"] for entry in accounting])
+    rejects = [reject for entry in accounting for reject in entry["rejects"]]
+    if rejects:
+        lines = "".join(json.dumps(reject, ensure_ascii=False) + "\n" for reject in rejects)
+        writer.write_file("rejects.jsonl", lines.encode())
+    manifest["stage_info"]["rejects_file"] = "rejects.jsonl" if rejects else None
+    manifest["inputs"] = _inputs(accounting)
+    text = writer.finish(
+        json.dumps(manifest), description=f"ferrotune {manifest['stage']} data (see manifest.json)"
+    )
+    return json.loads(text)
+
+
+def _open(first: dict[str, Any], out: Any, overwrite: bool, shard_size: str) -> Any:
+    options = first["options"]
+    if first["stage"] == "pt":
+        return _native.FolderWriter(
+            os.fspath(out),
+            overwrite=overwrite,
+            shard_size=shard_size,
+            block_size=options["block_size"],
+            last_block=options["last_block"],
+            pad_id=options["pad_id"],
+        )
+    return _native.FolderWriter(os.fspath(out), overwrite=overwrite, shard_size=shard_size)
+
+
+class _Order:
+    """Checks that rows arrive in input order: lines rising within a file, a file never
+    coming back once another began."""
+
+    def __init__(self) -> None:
+        self.file: str | None = None
+        self.line = 0
+        self.done: set[str] = set()
+
+    def check(self, rows: Any) -> None:
+        for file, line in zip(rows["file"].to_pylist(), rows["line"].to_pylist(), strict=True):
+            if file != self.file:
+                if file in self.done:
+                    self._refuse(file, line)
+                if self.file is not None:
+                    self.done.add(self.file)
+                self.file, self.line = file, 0
+            if line <= self.line:
+                self._refuse(file, line)
+            self.line = line
+
+    @staticmethod
+    def _refuse(file: str, line: int) -> None:
+        raise DataError(
+            f"{file}:{line}: rows arrived out of input order (keep the engine's order: Ray's "
+            "preserve_order, one Spark partition per file)",
+            path=file,
+            line=line,
+        )
+
+
+def _inputs(accounting: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each input file with its records (summed over batches), size and sha256, as ``prep``'s
+    manifest lists them; files the driver cannot read have no sha256."""
+    records: dict[str, int] = {}
+    for entry in accounting:
+        for item in entry["manifest"].get("inputs") or []:
+            records[item["path"]] = records.get(item["path"], 0) + item["records"]
+    entries = []
+    for path, count in records.items():
+        file = Path(path)
+        entry: dict[str, Any] = {
+            "path": path,
+            "format": file.suffix.lstrip(".").lower() or None,
+            "bytes": None,
+            "sha256": None,
+            "records": count,
+        }
+        if file.is_file():
+            digest = hashlib.sha256()
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            entry.update(bytes=file.stat().st_size, sha256=digest.hexdigest())
+        entries.append(entry)
+    return entries
