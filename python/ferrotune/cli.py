@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "benchmark ours against what users run today (table, CSV, PNG)",
     ),
     "pipeline": ("ferrotune.pipeline", "run PT -> SFT -> RM -> DPO -> PPO from one YAML file"),
+    "merge": ("ferrotune.data.merge", "merge prep output folders (shard runs, or whole runs)"),
 }
 
 

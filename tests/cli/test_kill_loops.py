@@ -92,7 +92,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def leftovers(out: Path) -> list[str]:
-    """What a run left beside ``out`` other than ``out`` itself."""
+    """What a run left beside ``out`` other than ``out`` itself (nothing when a kill came before
+    the run made ``out``'s parent folder)."""
+    if not out.parent.is_dir():
+        return []
     return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
 
 

@@ -196,6 +196,14 @@ def _add_prep(suites: Any) -> None:
         "(tokenizers 1.0: OUT/envs/tokenizers-1.0.0rc3; pip, PyPI) if missing; without it, "
         "their rows say 'not set up'",
     )
+    parser.add_argument(
+        "--engine",
+        type=name_list(lambda: prep_spec.ENGINES),
+        default=("local",),
+        help="where ours run, comma list: local (every contender, the default), ray (prep "
+        "inside Ray Data, local, WORKERS CPUs), spark (inside Spark local[WORKERS]); ray and "
+        "spark run beside `ferrotune` (prep alone), the ratio is the engine's overhead",
+    )
     _add_shared(parser)
     parser.set_defaults(run=_run_prep)
 

@@ -204,7 +204,7 @@ def rows(st: Stage, runs: Sequence[PrepRun], label: str) -> list[table.Row]:
     same workers on one corpus: seconds (and, against a bare engine, seconds against its encode
     calls alone) and peak RSS, with the difference of the tokens where both write the same."""
     out = []
-    ours_names = {c.name for c in st.contenders if c.ours}
+    ours_names = {c.name for c in (*st.contenders, *ENGINE_CONTENDERS.values()) if c.ours}
     for workers in dict.fromkeys(r.workers for r in runs):
         at = [r for r in runs if r.workers == workers]
         by_name = {r.contender: r for r in at}
@@ -216,11 +216,15 @@ def rows(st: Stage, runs: Sequence[PrepRun], label: str) -> list[table.Row]:
             against = list(baselines)
             if ours.contender == ENGINE_PAIR[0] and ENGINE_PAIR[1] in by_name:
                 against.append(by_name[ENGINE_PAIR[1]])
+            inside = ours.contender in {c.name for c in ENGINE_CONTENDERS.values()}
+            if inside and "ferrotune" in by_name:  # an engine's overhead: against prep alone
+                against = [by_name["ferrotune"]]
             if not against:
                 against = [PrepRun(st.name, "-", ours.corpus_mb, error="baselines not run")]
             for base in against:
                 same = (ours.contender, base.contender) in st.comparable
                 same |= (ours.contender, base.contender) == ENGINE_PAIR
+                same |= inside and base.contender == "ferrotune"
                 note = ours.error or base.error
                 diff = abs(ours.tokens - base.tokens) if same and not note else math.nan
                 metrics = [("time", "s", ours.seconds, base.seconds)]
@@ -233,6 +237,28 @@ def rows(st: Stage, runs: Sequence[PrepRun], label: str) -> list[table.Row]:
                         table.Row(benchmark, base.contender, metric, unit, mine, theirs, diff, note)
                     )
     return out
+
+
+# Ours inside the engines (ferrotune.bench.prep_engines), each measured against `ferrotune`.
+ENGINE_CONTENDERS = {
+    engine: Contender(
+        f"ferrotune-{engine}",
+        "prep_engines:engine_child",
+        ours=True,
+        needs=(module,),
+        options={"engine": engine},
+    )
+    for engine, module in (("ray", "ray"), ("spark", "pyspark"))
+}
+
+
+def chosen_contenders(st: Stage, settings: Settings) -> list[Contender]:
+    """The stage's contenders for ``--only`` and ``--engine``: ``local`` runs them all; each of
+    ``ray``/``spark`` adds ours inside that engine (and ``ferrotune``, its measure)."""
+    local = "local" in settings.engine
+    chosen = [c for c in st.contenders if local or c.name == "ferrotune"]
+    chosen += [ENGINE_CONTENDERS[e] for e in settings.engine if e in ENGINE_CONTENDERS]
+    return [c for c in chosen if not settings.only or c.name in settings.only]
 
 
 def size_label(size: float | None, corpus: Path) -> str:
@@ -265,10 +291,7 @@ def run(settings: Settings, out: Path) -> int:
     packages = {"ferrotune", "tokenizers", "transformers", "datasets"}
     print(table.versions(sorted(packages.union(*(st.packages for st in stages)))))
     out.mkdir(parents=True, exist_ok=True)
-    selected = [
-        (st, [c for c in st.contenders if not settings.only or c.name in settings.only])
-        for st in stages
-    ]
+    selected = [(st, chosen_contenders(st, settings)) for st in stages]
     timing_cli = any(c.child == CLI for _, chosen in selected for c in chosen)
     repeats = 1 if settings.quick else FIXED_COST_REPEATS
     all_rows = version_cost(max(workers), repeats) if timing_cli else []

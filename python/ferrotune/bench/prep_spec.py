@@ -13,6 +13,7 @@ from typing import Any
 
 MEDICALGPT, EXAMPLES, STDLIB = "medicalgpt", "examples", "stdlib"
 CORPORA = (MEDICALGPT, EXAMPLES, STDLIB)  # what --corpus names
+ENGINES = ("local", "ray", "spark")  # what --engine names
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Settings:
     baselines_all_sizes: bool = False  # baselines at every size, not only the first
     workers: Sequence[int] | None = None  # each a run: ferrotune threads, num_proc, Rayon
     setup_envs: bool = False  # create the envs.ENVS environments that are missing
+    engine: Sequence[str] = ("local",)  # where ours run: local, ray, spark (prep_engines)
     quick: bool = False
 
 

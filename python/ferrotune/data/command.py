@@ -79,6 +79,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="the tokenizer engine: auto (the fast encoder where it is proven identical to the "
         "reference, the reference elsewhere), fast, or reference (HF tokenizers 0.23)",
     )
+    parser.add_argument(
+        "--engine-ray",
+        metavar="ADDRESS",
+        help="run as a Ray Data job writing the same folder: auto (the cluster RAY_ADDRESS "
+        "names, else a local Ray) or a cluster address (ray://HOST:10001)",
+    )
 
 
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,24 +145,35 @@ def _add_prep_pt(prep: Any) -> None:
 
 
 def _run_prep_pt(args: argparse.Namespace) -> int:
-    from ferrotune.data import prep_pt
-
-    manifest = prep_pt(
-        args.tokenizer,
-        args.input,
-        args.out,
-        block_size=args.block_size,
-        text_field=args.text_field,
-        doc_sep=args.doc_sep,
-        last_block=args.last_block,
-        eos=args.eos,
-        eos_token=args.eos_token,
-        input_format=args.format,
-        **_common_kwargs(args),
-    )
+    options = {
+        "block_size": args.block_size,
+        "text_field": args.text_field,
+        "doc_sep": args.doc_sep,
+        "last_block": args.last_block,
+        "eos": args.eos,
+        "eos_token": args.eos_token,
+        "input_format": args.format,
+    }
+    manifest = _prep("pt", args, options)
     if not args.quiet:
         print(summarize_pt(manifest, args.out))
     return 0
+
+
+def _prep(stage: str, args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """Runs the stage here, or as a Ray Data job with ``--engine-ray``; returns the manifest."""
+    options.update(_common_kwargs(args))
+    if args.engine_ray:
+        from ferrotune.data import ray
+
+        if options["workers"] == 0:
+            options["workers"] = 1  # one thread per Ray task: Ray runs a task per core
+        return ray.prep(stage, args.tokenizer, args.input, args.out, address=args.engine_ray,
+                        **options)  # fmt: skip
+    from ferrotune.data import prep
+
+    function = getattr(prep, f"prep_{stage}")
+    return function(args.tokenizer, args.input, args.out, **options)
 
 
 def summarize_pt(manifest: dict[str, Any], out: str) -> str:
@@ -277,14 +294,10 @@ def _add_prep_chat(prep: Any, stage: str) -> None:
 
 
 def _run_prep_chat(args: argparse.Namespace) -> int:
-    from ferrotune.data import prep
-
     names = ["template", "system", "max_length", "overlong", "same_role", "format"]
     names += ["learn", "pack"] if args.stage == "sft" else ["max_prompt_length"]
     names += ["margin_field"] if args.stage == "rm" else []
-    options = {name: getattr(args, name) for name in names}
-    function = getattr(prep, f"prep_{args.stage}")
-    manifest = function(args.tokenizer, args.input, args.out, **options, **_common_kwargs(args))
+    manifest = _prep(args.stage, args, {name: getattr(args, name) for name in names})
     if not args.quiet:
         print(summarize_chat(manifest, args.out))
     return 0

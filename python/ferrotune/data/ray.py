@@ -26,8 +26,9 @@ from typing import Any
 from ferrotune import _native
 from ferrotune.data.transform import read_records as _read_file
 from ferrotune.data.writer import write_tables
+from ferrotune.errors import ConfigError
 
-__all__ = ["read_records", "write_shards"]
+__all__ = ["prep", "read_records", "write_shards"]
 
 
 def read_records(
@@ -38,8 +39,9 @@ def read_records(
     batch_rows: int = 4096,
 ) -> Any:
     """A Ray ``Dataset`` of the raw records (``file``, ``line``, ``kind``, ``record``) of
-    ``inputs`` (files, folders, globs, resolved as ``prep`` resolves them), one read task per
-    file, in input order."""
+    ``inputs`` (files, folders, globs, resolved as ``prep`` resolves them): one read task per
+    file, in input order, cut into blocks of ``batch_rows`` records so that the transform's
+    tasks run in parallel even on one file."""
     import ray.data
 
     if isinstance(inputs, (str, os.PathLike)):
@@ -54,7 +56,8 @@ def read_records(
         return pa.concat_tables(tables)
 
     paths = ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
-    return paths.map_batches(read, batch_size=1, batch_format="pyarrow")
+    records = paths.map_batches(read, batch_size=1, batch_format="pyarrow")
+    return records.repartition(target_num_rows_per_block=batch_rows)
 
 
 def write_shards(
@@ -70,3 +73,41 @@ def write_shards(
     ds.context.execution_options.preserve_order = True
     tables = ds.iter_batches(batch_format="pyarrow", batch_size=None)
     return write_tables(tables, out, overwrite=overwrite, shard_size=shard_size)
+
+
+def prep(
+    stage: str,
+    tokenizer: str | os.PathLike[str],
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    address: str = "auto",
+    concurrency: int | None = None,
+    overwrite: bool = False,
+    shard_size: str | int = "500MB",
+    **options: Any,
+) -> dict[str, Any]:
+    """``ferrotune prep STAGE --engine-ray ADDRESS``: the same prep as a Ray Data job, writing
+    the same folder. ``address``: ``auto`` (the cluster ``RAY_ADDRESS`` names, else a local
+    Ray on this machine's cores) or a cluster address (``ray://host:10001``, ``host:6379``);
+    ``concurrency``: transform tasks at once (default: Ray's); ``options``: the stage's
+    ``prep_*`` keywords (``workers`` is threads per task, default 1)."""
+    import ray
+
+    from ferrotune.data.transform import Transform
+
+    for name, default in (("num_shards", 1), ("shard_index", 0), ("input_format", None)):
+        if options.pop(name, default) != default:
+            raise ConfigError(
+                f"{name}: not with --engine-ray (Ray splits the work; files are read by their "
+                "names)",
+                option=name,
+            )
+    options.pop("quiet", None)
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, log_to_driver=False)
+    doc_sep, text_column = options.get("doc_sep", "line"), options.get("text_field", "text")
+    ds = read_records(inputs, doc_sep=doc_sep, text_column=text_column).map_batches(
+        Transform(stage, tokenizer, **options), batch_format="pyarrow", concurrency=concurrency
+    )
+    return write_shards(ds, out, overwrite=overwrite, shard_size=shard_size)

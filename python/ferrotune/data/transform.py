@@ -22,7 +22,8 @@ manifest with its counts and tokens, its rejects). Called as a function (what
 ``map_batches``/``mapInArrow`` do), the transform returns the rows plus one *accounting row*
 whose ``ferrotune_accounting`` column holds that manifest and those rejects as JSON (every
 other column null), so the accounting travels with the data through any engine; the writers
-take those rows out and sum them (:func:`sum_manifests`).
+take those rows out and sum them (:func:`sum_manifests`; ``timings`` are then the batches'
+seconds summed, and ``elapsed_seconds`` the writer's wall time).
 
 The tokenizer and template load once per process (the first call), not once per batch.
 """
@@ -206,7 +207,7 @@ def sum_manifests(manifests: list[dict[str, Any]]) -> dict[str, Any]:
                 raise ConfigError(
                     f"{key}: {_describe(key, manifest.get(key), total.get(key))}", option=key
                 )
-        for key in ("counts", "tokens", "stage_info"):
+        for key in ("counts", "tokens", "stage_info", "timings"):
             total[key] = _add(total.get(key) or {}, manifest.get(key) or {})
         total["engine"]["texts"] = _add(total["engine"]["texts"], manifest["engine"]["texts"])
         total["rows"] = total.get("rows", 0) + manifest.get("rows", 0)

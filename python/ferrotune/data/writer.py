@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from ferrotune import _native
 from ferrotune.data.transform import split_accounting, sum_manifests
 from ferrotune.errors import DataError
 
-__all__ = ["write_tables"]
+__all__ = ["open_folder", "write_tables"]
 
 # The columns a transform adds to the shard columns.
 PLACE = ["file", "line"]
@@ -37,6 +38,7 @@ def write_tables(
     """Writes transform output ``tables`` (data rows and accounting rows, in input order) to
     ``out``; returns the manifest. Rows must arrive in input order (file, then line): a row out
     of order is a :class:`DataError`, since the folder would not be the one ``prep`` writes."""
+    started = time.perf_counter()
     accounting: list[dict[str, Any]] = []
     waiting: list[Any] = []  # rows that came before the first accounting told the stage
     writer = None
@@ -48,7 +50,7 @@ def write_tables(
             order.check(rows)
             waiting.append(rows.drop_columns(PLACE))
         if writer is None and accounting:
-            writer = _open(accounting[0]["manifest"], out, overwrite, str(shard_size))
+            writer = open_folder(accounting[0]["manifest"], out, overwrite, str(shard_size))
         if writer is not None:
             for pending in waiting:
                 writer.write(pending)
@@ -62,15 +64,20 @@ def write_tables(
         writer.write_file("rejects.jsonl", lines.encode())
     manifest["stage_info"]["rejects_file"] = "rejects.jsonl" if rejects else None
     manifest["inputs"] = _inputs(accounting)
+    manifest["elapsed_seconds"] = time.perf_counter() - started
     text = writer.finish(
         json.dumps(manifest), description=f"ferrotune {manifest['stage']} data (see manifest.json)"
     )
     return json.loads(text)
 
 
-def _open(first: dict[str, Any], out: Any, overwrite: bool, shard_size: str) -> Any:
-    options = first["options"]
-    if first["stage"] == "pt":
+def open_folder(
+    manifest: dict[str, Any], out: Any, overwrite: bool, shard_size: str, pack: bool = True
+) -> Any:
+    """The Rust ``FolderWriter`` for a folder like ``manifest``'s: for PT with ``pack``, one
+    that packs documents into its blocks; else one that writes rows as they come."""
+    options = manifest["options"]
+    if manifest["stage"] == "pt" and pack:
         return _native.FolderWriter(
             os.fspath(out),
             overwrite=overwrite,

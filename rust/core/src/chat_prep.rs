@@ -417,6 +417,7 @@ impl<'e> ChatRun<'e> {
             template: serde_json::to_value(self.template_info).expect("serializable"),
             tokens,
             stage_info,
+            document_tokens: None,
         };
         self.run
             .finish(&options.common, ran, written, report, cancel)

@@ -156,7 +156,8 @@ pub struct Totals {
     /// One per input file, in order.
     pub summaries: Vec<FileSummary>,
     pub busy: Busy,
-    /// For records in memory: the file index and line of each written record, in order.
+    /// For records in memory and sharded runs: the file index and line of each written record,
+    /// in order.
     pub written_at: Vec<(usize, u64)>,
 }
 
@@ -217,8 +218,9 @@ pub fn run<S: Stage>(
     let consumer_started = thread_cpu();
     let mut counts = Counts::default();
     let mut summaries: Vec<Option<FileSummary>> = vec![None; source.input.file_count()];
-    // Records in memory go back to their caller with their rows: say which record each was.
-    let track = matches!(source.input, Input::Records(_));
+    // Say which record each row was: records in memory go back to their caller with their
+    // rows, and a sharded run writes its rows' places for `ferrotune merge`.
+    let track = matches!(source.input, Input::Records(_)) || source.num_shards > 1;
     let mut written_at = Vec::new();
 
     std::thread::scope(|scope| -> Result<()> {

@@ -110,6 +110,8 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
         text_field: &options.text_field,
     };
     let mut document_tokens = 0u64;
+    // A sharded run records each document's length, so merge can unpack and repack them.
+    let mut lengths = (common.num_shards > 1).then(Vec::new);
     let ran = run.run(
         common,
         read,
@@ -118,6 +120,9 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
         cancel,
         |tokens: Vec<u32>| {
             document_tokens += tokens.len() as u64;
+            if let Some(lengths) = &mut lengths {
+                lengths.push(tokens.len() as u32);
+            }
             packer.push_document(&tokens, &mut sink)?;
             Ok(tokens.len() as u64)
         },
@@ -143,6 +148,7 @@ pub fn prep_pt(options: &PtOptions, cancel: &AtomicBool) -> Result<Manifest> {
             "block_size": options.block_size,
             "last_block": last_block,
         }),
+        document_tokens: lengths,
     };
     Ok(run.finish(common, ran, written, report, cancel)?.manifest)
 }
@@ -215,6 +221,7 @@ pub fn pt_documents(run: StageRun, options: &PtOptions, cancel: &AtomicBool) -> 
         template: Value::Null,
         tokens: json!({"documents": document_tokens}),
         stage_info: json!({"block_size": options.block_size, "packed": false}),
+        document_tokens: None,
     };
     run.finish(common, ran, written, report, cancel)
 }

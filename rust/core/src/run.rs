@@ -156,6 +156,47 @@ pub struct StageReport {
     pub template: Value,
     pub tokens: Value,
     pub stage_info: Value,
+    /// PT: the tokens of each written document, for `places.arrow` (a sharded run's).
+    pub document_tokens: Option<Vec<u32>>,
+}
+
+/// The file a sharded run (`--num-shards N`) writes beside its shards: the place (input file
+/// index, line) of each written record, and for PT its document's tokens, in output order. It
+/// lets `ferrotune merge` put N shard runs back into the order of one run.
+pub const PLACES_FILE: &str = "places.arrow";
+
+fn write_places(
+    dir: &std::path::Path,
+    places: &[(usize, u64)],
+    document_tokens: Option<&[u32]>,
+) -> Result<()> {
+    use arrow_array::{ArrayRef, UInt32Array, UInt64Array};
+    use arrow_schema::{DataType, Field, Schema};
+    let mut fields = vec![
+        Field::new("file", DataType::UInt32, false),
+        Field::new("line", DataType::UInt64, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(places.iter().map(|p| p.0 as u32).collect::<UInt32Array>()),
+        Arc::new(places.iter().map(|p| p.1).collect::<UInt64Array>()),
+    ];
+    if let Some(tokens) = document_tokens {
+        fields.push(Field::new("tokens", DataType::UInt32, false));
+        columns.push(Arc::new(UInt32Array::from(tokens.to_vec())));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let path = dir.join(PLACES_FILE);
+    let arrow = |e: arrow_schema::ArrowError| CoreError::Arrow {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?;
+    let file = std::fs::File::create(&path).map_err(|e| CoreError::io(&path, e))?;
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(file, &schema).map_err(arrow)?;
+    writer.write(&batch).map_err(arrow)?;
+    writer.finish().map_err(arrow)?;
+    let file = writer.into_inner().map_err(arrow)?;
+    file.sync_all().map_err(|e| CoreError::io(&path, e))
 }
 
 /// Loads the tokenizer of `common` (with `eos_override` as its end-of-document token); returns
@@ -294,6 +335,16 @@ impl StageRun {
         }
         let mut stage_info = report.stage_info;
         stage_info["rejects_file"] = json!(ran.rejects_file);
+        if let Target::Files { staging, .. } = &self.target {
+            if common.num_shards > 1 {
+                write_places(
+                    staging.path(),
+                    &ran.totals.written_at,
+                    report.document_tokens.as_deref(),
+                )?;
+                stage_info["places_file"] = json!(PLACES_FILE);
+            }
+        }
         let busy = ran.totals.busy;
         let timings = Timings {
             tokenizer: self.load_seconds,

@@ -243,3 +243,54 @@ fn skip_bad_counts_and_the_tail_can_be_dropped() {
     let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
     assert_eq!(rejects.lines().count(), 2);
 }
+
+#[test]
+fn the_batch_transform_and_the_folder_writer_give_the_blocks_of_prep_pt() {
+    use ferrotune_core::folder::FolderWriter;
+    use ferrotune_core::pack::LastBlock;
+    use ferrotune_core::reader::{DocSep, ReadOptions};
+    use ferrotune_core::transform::{read_records, Transform};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("docs.txt");
+    let lines: Vec<String> = (0..40)
+        .map(|i| match i % 9 {
+            4 => String::new(),
+            n => WORDS[..=(n % WORDS.len())].join(" ").repeat(1 + i % 3),
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let cancel = AtomicBool::new(false);
+    let local = options(dir.path(), &input, "local", 7);
+    let manifest = prep_pt(&local, &cancel).unwrap();
+    let settings = json!({"tokenizer": local.common.tokenizer, "block_size": 7});
+    let transform = Transform::new("pt", &settings.to_string()).unwrap();
+    let read = ReadOptions {
+        doc_sep: DocSep::Line,
+        text_column: "text".into(),
+    };
+    for batch_rows in [1, 3, 40] {
+        let (_, batches) = read_records(&input, &read, batch_rows).unwrap();
+        let out = dir.path().join(format!("engine-{batch_rows}"));
+        let mut writer =
+            FolderWriter::blocks(&out, false, 500_000_000, 7, LastBlock::Pad, 0).unwrap();
+        let mut read_total = 0;
+        for batch in &batches {
+            let output = transform.run(std::slice::from_ref(batch), &cancel).unwrap();
+            read_total += output.manifest.counts.read;
+            for rows in &output.batches {
+                assert_eq!(rows.schema().field(1).name(), "file");
+                writer.write(&rows.project(&[0]).unwrap()).unwrap();
+            }
+        }
+        let skeleton = json!({"options": {"block_size": 7}, "stage_info": {}});
+        let written = writer.finish(skeleton, "test", &cancel).unwrap();
+        assert_eq!(read_total, manifest.counts.read);
+        assert_eq!(written["rows"], json!(manifest.rows));
+        assert_eq!(
+            read_rows(&out),
+            read_rows(&dir.path().join("local")),
+            "{batch_rows}"
+        );
+    }
+}
