@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +258,10 @@ def chosen_contenders(st: Stage, settings: Settings) -> list[Contender]:
     ``ray``/``spark`` adds ours inside that engine (and ``ferrotune``, its measure)."""
     local = "local" in settings.engine
     chosen = [c for c in st.contenders if local or c.name == "ferrotune"]
-    chosen += [ENGINE_CONTENDERS[e] for e in settings.engine if e in ENGINE_CONTENDERS]
+    for name in settings.engine:
+        if name in ENGINE_CONTENDERS:
+            inside = ENGINE_CONTENDERS[name]
+            chosen.append(replace(inside, options={**inside.options, "stage": st.name}))
     return [c for c in chosen if not settings.only or c.name in settings.only]
 
 

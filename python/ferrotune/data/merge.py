@@ -204,7 +204,7 @@ def add_parser(commands: Any) -> None:
     """Adds ``merge`` to the top-level ``ferrotune`` subparsers."""
     parser = commands.add_parser(
         "merge",
-        help="merge prep output folders (the --num-shards runs of one split, or whole runs)",
+        help="merge prep output folders (shard runs, or whole runs)",
         description=(
             "Merge the folders of the --num-shards N runs of one split into the folder one run "
             "writes (rows back in input order, PT blocks packed again), or concatenate "

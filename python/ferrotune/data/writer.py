@@ -99,16 +99,31 @@ class _Order:
         self.done: set[str] = set()
 
     def check(self, rows: Any) -> None:
-        for file, line in zip(rows["file"].to_pylist(), rows["line"].to_pylist(), strict=True):
+        """Vectorised: one step per run of rows from one file, not per row."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        if rows.num_rows == 0:
+            return
+        encoded = pc.dictionary_encode(rows["file"]).combine_chunks()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        names = encoded.dictionary.to_pylist()
+        lines = rows["line"].to_numpy().astype(np.int64)
+        ends = np.append(np.flatnonzero(np.diff(codes)) + 1, len(codes))
+        start = 0
+        for end in ends:
+            file, segment = names[codes[start]], lines[start:end]
             if file != self.file:
                 if file in self.done:
-                    self._refuse(file, line)
+                    self._refuse(file, int(segment[0]))
                 if self.file is not None:
                     self.done.add(self.file)
                 self.file, self.line = file, 0
-            if line <= self.line:
-                self._refuse(file, line)
-            self.line = line
+            steps = np.diff(np.concatenate([[self.line], segment]))
+            if (steps <= 0).any():
+                self._refuse(file, int(segment[int(np.argmax(steps <= 0))]))
+            self.line = int(segment[-1])
+            start = end
 
     @staticmethod
     def _refuse(file: str, line: int) -> None:
