@@ -54,7 +54,8 @@ def main() -> int:
         from ferrotune.data import spark as ferrotune_spark
 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        spark = SparkSession.builder.master("local[2]").getOrCreate()
+        builder = SparkSession.builder.master("local[2]").config("spark.driver.memory", "4g")
+        spark = builder.getOrCreate()
         records = ferrotune_spark.read_records(spark, corpus)
         batches = ferrotune_spark.transform(records, transform)
         manifest = ferrotune_spark.write_shards(batches, args.out / "spark", overwrite=True)

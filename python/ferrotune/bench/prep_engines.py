@@ -29,6 +29,7 @@ from ferrotune.bench.prep_cli import manifest_figures
 
 # Transform batch: large enough to amortise an engine's per-batch cost, small enough to spread.
 BATCH_ROWS = 2048
+SPARK_DRIVER_MEMORY = "6g"
 
 
 def _options(stage: str, template: str | None) -> dict[str, Any]:
@@ -95,6 +96,9 @@ def _start(engine: str, workers: int) -> Any:
     spark = (
         SparkSession.builder.master(f"local[{workers}]")
         .config("spark.ui.enabled", "false")
+        # Local mode runs the executors in the driver's JVM: its default 1g stalls in GC on a
+        # few hundred MB of records.
+        .config("spark.driver.memory", SPARK_DRIVER_MEMORY)
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
         .getOrCreate()
     )

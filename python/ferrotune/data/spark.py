@@ -6,7 +6,8 @@
     from ferrotune.data import Transform
     from ferrotune.data.spark import read_records, transform, write_shards
 
-    spark = SparkSession.builder.master("local[8]").getOrCreate()
+    builder = SparkSession.builder.master("local[8]").config("spark.driver.memory", "8g")
+    spark = builder.getOrCreate()
     records = read_records(spark, "corpus/")      # one partition per file, split as prep splits
     batches = transform(records, Transform("sft", "tokenizer/"))
     write_shards(batches, "data/sft")             # the folder `ferrotune prep sft` writes
@@ -18,6 +19,9 @@ becomes one row holding the transform's output table as Arrow IPC bytes, so the 
 driver as Arrow, never as Python objects, and in partition order: ``write_shards`` iterates them
 with ``toLocalIterator`` (one partition in memory at a time) and writes the same folder as
 ``ferrotune prep`` on the same files.
+
+In local mode the executors live in the driver's JVM, so give it memory (``spark.driver.memory``,
+set before the session starts): at Spark's default 1g a few hundred MB of records stall in GC.
 """
 
 from __future__ import annotations
