@@ -4,7 +4,7 @@ unbroken run's bytes.
 
 For every stage, a corpus grown from ``examples/`` (with malformed records, so ``--skip-bad``
 writes ``rejects.jsonl``, and a small ``--shard-size``, so shards close all through the run) is
-prepped once unbroken; then, ``FERROTUNE_KILLS`` times (20 by default; raise it for a longer
+prepped once unbroken; then, ``FERROTUNE_KILLS`` times (10 by default; raise it for a longer
 hunt), a run is started, killed at a random moment of the unbroken run's wall time, the folder
 checked, and rerun to the end. Every other killed run starts from no output, the others replace
 a complete one (``--overwrite``'s path). ``FERROTUNE_KILL_SEED`` picks other moments.
@@ -30,7 +30,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EX = REPO / "examples"
-KILLS = int(os.environ.get("FERROTUNE_KILLS", "20"))
+KILLS = int(os.environ.get("FERROTUNE_KILLS", "10"))
 SEED = int(os.environ.get("FERROTUNE_KILL_SEED", "0"))
 CLOCK_FIELDS = ("timings", "elapsed_seconds")
 
@@ -138,7 +138,7 @@ def test_prep_killed_at_random_moments(stage, tmp_path):
 # The pipeline: killed anywhere (a prep, a training step, a checkpoint or model being written,
 # the state, the report), then rerun, it ends with the unbroken run's models and report.
 
-PIPELINE_KILLS = int(os.environ.get("FERROTUNE_PIPELINE_KILLS", "8"))
+PIPELINE_KILLS = int(os.environ.get("FERROTUNE_PIPELINE_KILLS", "4"))
 # What a report may hold that depends on the clock: run times and rates.
 CLOCK_KEY = re.compile(r"runtime|per_second")
 
