@@ -46,7 +46,7 @@ def test_loss_equals_transformers_loss(with_items):
     model = tiny_model()
     batch = PadCollator(0)(rows([9, 14, 5]))
     items = (batch["labels"][:, 1:] != -100).sum() + 3 if with_items else None
-    ours = causal_lm_loss(model, model.lm_head, batch, items)
+    ours = causal_lm_loss(model, batch, items)
     theirs = model(**batch, num_items_in_batch=items).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     ours_grad = torch.autograd.grad(ours, model.lm_head.weight)[0]
@@ -69,8 +69,8 @@ def test_packed_rows_equal_unpacked():
     packed_row["labels"][11] = -100  # a packed sequence starts on a masked prompt token
     packed = PadCollator(0)([packed_row])
     assert "attention_mask" not in packed
-    loss_apart = causal_lm_loss(model, model.lm_head, apart, items)
-    loss_packed = causal_lm_loss(model, model.lm_head, packed, items)
+    loss_apart = causal_lm_loss(model, apart, items)
+    loss_packed = causal_lm_loss(model, packed, items)
     assert loss_packed.item() == pytest.approx(loss_apart.item(), rel=1e-5)
 
 

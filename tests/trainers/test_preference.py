@@ -109,7 +109,7 @@ def test_reward_loss_and_accuracy_equal_trls_reward_trainer(tmp_path):
         [{"input_ids_chosen": r["chosen_ids"], "input_ids_rejected": r["rejected_ids"],
           "margin": r["margin"]} for r in rows]
     )  # fmt: skip
-    rewards = sequence_rewards(model, model.score, ours_batch)
+    rewards = sequence_rewards(model, ours_batch)
     chosen, rejected = rewards.chunk(2)
     ours = reward_loss(chosen, rejected, ours_batch["margin"]).mean()
     assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-5)
@@ -150,7 +150,7 @@ def test_dpo_losses_equal_trls_dpo_trainer(tmp_path, kind, trl_types, extra):
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     ours_batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                   "labels": labels}  # fmt: skip
-    logps, tokens = sequence_logps(model, model.lm_head, ours_batch)
+    logps, tokens = sequence_logps(model, ours_batch)
     (chosen, rejected), (ct, rt) = logps.chunk(2), tokens.chunk(2)
     losses = dpo_loss(
         chosen, rejected, *ref.chunk(2), 0.1, kind, label_smoothing=extra.get("label_smoothing", 0),

@@ -10,10 +10,12 @@ import transformers
 
 from ferrotune.errors import FerrotuneError
 from ferrotune.train.checkpoints import complete_checkpoints
+from ferrotune.train.sharding import fsdp_on_cpu, without_tied_copies
 
 
 class FerrotuneTrainer(transformers.Trainer):
-    """``Trainer`` + ``record`` (values averaged into the next log line) + the NaN stop."""
+    """``Trainer`` + ``record`` (values averaged into the next log line) + the NaN stop, and
+    FSDP2 on CPU processes (``sharding``)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -21,6 +23,17 @@ class FerrotuneTrainer(transformers.Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if state_dict and isinstance(model, transformers.PreTrainedModel):
+            state_dict = without_tied_copies(model, state_dict)
+        super()._save(output_dir, state_dict)
 
     def record(self, name: str, value: torch.Tensor) -> None:
         """Keep the mean of ``value`` over every process for the next log line."""

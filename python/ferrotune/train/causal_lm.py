@@ -1,8 +1,8 @@
 """PT and SFT: the next-token loss from the backbone's hidden states, the logits never made.
 
-The model runs through its own forward (so DDP, FSDP and PEFT wrappers see the call) with
-``logits_to_keep=1`` and ``output_hidden_states=True``: its lm_head makes one position's logits,
-and the loss takes the final hidden states (after the last norm) through ``linear_cross_entropy``.
+The model runs through its own forward (so DDP, FSDP2, ZeRO-3 and PEFT wrappers see the call),
+and its lm_head's call computes the loss, ``linear_cross_entropy`` on the final hidden states
+(after the last norm) and the whole head weight: ``model_io`` says why it must be there.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import transformers
 
 from ferrotune.errors import ConfigError
 from ferrotune.train.base import FerrotuneTrainer
+from ferrotune.train.model_io import head_output
 from ferrotune_kernels import linear_cross_entropy
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 def check_plain_lm_head(model: transformers.PreTrainedModel) -> None:
@@ -25,36 +24,39 @@ def check_plain_lm_head(model: transformers.PreTrainedModel) -> None:
             raise ConfigError(f"{config.model_type} scales its logits ({name}): not supported yet")
 
 
-def final_hidden(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, T, H) hidden states after the final norm, from the model's own forward."""
-    forward = {name: inputs[name] for name in MODEL_INPUTS if name in inputs}
-    out = model(**forward, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1]
-
-
 def causal_lm_loss(
     model: torch.nn.Module,
-    head: torch.nn.Module,
     inputs: dict[str, torch.Tensor],
     num_items_in_batch: int | torch.Tensor | None,
+    *,
+    metrics: dict[str, float] | None = None,
 ) -> torch.Tensor:
-    """The mean next-token loss of ``inputs["labels"]``, over ``num_items_in_batch`` if given."""
-    hidden = final_hidden(model, inputs)
-    return linear_cross_entropy(
-        hidden, head.weight, inputs["labels"], bias=head.bias, num_items_in_batch=num_items_in_batch
-    )
+    """The mean next-token loss of ``inputs["labels"]``, over ``num_items_in_batch`` if given.
+    A ``metrics`` dict gets ``token_accuracy``, from the same hidden states and head call."""
+    labels = inputs["labels"]
+
+    def loss(hidden, weight, bias):
+        if metrics is not None:
+            metrics["token_accuracy"] = token_accuracy(hidden, weight, bias, labels)
+        return linear_cross_entropy(
+            hidden, weight, labels, bias=bias, num_items_in_batch=num_items_in_batch
+        )
+
+    return head_output(model, loss, inputs)
 
 
 @torch.no_grad()
-def token_accuracy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> float:
+def token_accuracy(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor
+) -> float:
     """Share of scored next tokens that are the argmax, logits made ~32 MiB of rows at a time."""
     scored = labels[:, 1:] != -100
     rows, targets = hidden[:, :-1][scored], labels[:, 1:][scored]
     if not len(targets):
         return 0.0
-    step = max(1, (1 << 23) // head.weight.shape[0])
+    step = max(1, (1 << 23) // weight.shape[0])
     correct = sum(
-        int((torch.nn.functional.linear(part, head.weight, head.bias).argmax(-1) == want).sum())
+        int((torch.nn.functional.linear(part, weight, bias).argmax(-1) == want).sum())
         for part, want in zip(rows.split(step), targets.split(step), strict=True)
     )
     return correct / len(targets)
@@ -64,14 +66,10 @@ class CausalLMTrainer(FerrotuneTrainer):
     """``Trainer`` whose loss is ``causal_lm_loss``; evaluation adds perplexity and accuracy."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        hidden = final_hidden(model, inputs)
-        labels = inputs["labels"]
-        loss = linear_cross_entropy(
-            hidden, head.weight, labels, bias=head.bias, num_items_in_batch=num_items_in_batch
-        )
-        if not model.training:
-            self.record("token_accuracy", torch.tensor(token_accuracy(hidden, head, labels)))
+        metrics: dict[str, float] | None = None if model.training else {}
+        loss = causal_lm_loss(model, inputs, num_items_in_batch, metrics=metrics)
+        for name, value in (metrics or {}).items():
+            self.record(name, torch.tensor(value))
         # Divided by the token count of every micro-batch (and rank): Trainer must not divide by
         # the accumulation steps again; DDP averages gradients over ranks, so undo that average.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None

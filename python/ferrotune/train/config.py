@@ -93,11 +93,12 @@ def config_from_values(cls: type[Config], values: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown setting {key!r}{did_you_mean(key, names)}", option=key)
     check_gpu_options(values)
     parser = HfArgumentParser(cls)
-    argv = _to_argv(values)
+    argv = _to_argv({key: value for key, value in values.items() if key not in SWITCHES})
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+            parsed = vars(parser.parse_args(argv))
+        config = cls(**{**{name: parsed[name] for name in names}, **_switches(values)})
     except SystemExit as e:  # argparse prints its usage and the bad value, then exits
         message = stderr.getvalue().strip().splitlines()[-1].partition("error: ")[2]
         raise ConfigError(message or "bad setting") from e
@@ -160,6 +161,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings", option="config")
     return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+# TrainingArguments fields typed ``str`` that also take a bool (``fsdp: true`` is transformers'
+# own spelling now, "full_shard" ... the deprecated one): a true/false value is given as a bool.
+SWITCHES = ("fsdp",)
+
+
+def _switches(values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in SWITCHES:
+        if key in values:
+            value = values[key]
+            text = str(value).lower()
+            out[key] = text == "true" if text in ("true", "false") else value
+    return out
 
 
 def _to_argv(values: dict[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 
 from ferrotune.train.base import FerrotuneTrainer
 from ferrotune.train.losses import dpo_loss
+from ferrotune.train.model_io import head_output
 from ferrotune_kernels import linear_token_logprobs
 
 
@@ -46,19 +47,16 @@ class DpoCollator:
 
 
 def sequence_logps(
-    model: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor]
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2B,) summed log-probs of the completion tokens, and (2B,) their counts."""
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        output_hidden_states=True,
-        logits_to_keep=1,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1]
-    logps = linear_token_logprobs(hidden, head.weight, batch["labels"], bias=head.bias)
-    return logps.sum(dim=-1), (batch["labels"][:, 1:] != -100).sum(dim=-1)
+    """(2B,) summed log-probs of the completion tokens, and (2B,) their counts; the log-probs
+    made in the lm_head's call (``model_io``)."""
+    labels = batch["labels"]
+
+    def logps(hidden, weight, bias):
+        return linear_token_logprobs(hidden, weight, labels, bias=bias)
+
+    return head_output(model, logps, batch).sum(dim=-1), (labels[:, 1:] != -100).sum(dim=-1)
 
 
 class DpoTrainer(FerrotuneTrainer):
@@ -74,15 +72,12 @@ class DpoTrainer(FerrotuneTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        logps, tokens = sequence_logps(model, head, inputs)
+        logps, tokens = sequence_logps(model, inputs)
         if "ref_logps" in inputs:
             ref = inputs["ref_logps"].to(logps)
         else:
             with torch.no_grad():
-                ref, _ = sequence_logps(
-                    self.ref_model, self.ref_model.get_output_embeddings(), inputs
-                )
+                ref, _ = sequence_logps(self.ref_model, inputs)
         chosen, rejected = logps.chunk(2)
         ref_chosen, ref_rejected = ref.chunk(2)
         chosen_tokens, rejected_tokens = tokens.chunk(2)
@@ -170,14 +165,13 @@ def reference_logps(
     if cached:
         return torch.load(path)
     reference = reference.to(device).eval()
-    head = reference.get_output_embeddings()
     collate = DpoCollator(pad_id)
     mine = list(range(rank, len(rows), world))
     out = [torch.zeros(0, 2)]
     for start in range(0, len(mine), batch_size):
         batch = collate([rows[i] for i in mine[start : start + batch_size]])
         batch = {name: value.to(device) for name, value in batch.items()}
-        logps, _ = sequence_logps(reference, head, batch)
+        logps, _ = sequence_logps(reference, batch)
         chosen, rejected = logps.float().cpu().chunk(2)
         out.append(torch.stack([chosen, rejected], dim=1))
     logps = torch.cat(out)

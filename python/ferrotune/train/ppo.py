@@ -39,6 +39,7 @@ from ferrotune.errors import ConfigError
 from ferrotune.train.base import NonFiniteLossError
 from ferrotune.train.checkpoints import PPO_STATE
 from ferrotune.train.config import PpoConfig
+from ferrotune.train.model_io import head_output, last_real
 from ferrotune.train.models import load_causal_lm, load_reward_model, model_access
 from ferrotune.train.plots import plot_history
 from ferrotune.train.ppo_math import gae, masked_mean, masked_whiten, policy_loss, token_rewards
@@ -87,34 +88,20 @@ def positions_of(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
-def final_hidden(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions_of(mask),
-        output_hidden_states=True,
-        use_cache=False,
-        **({"logits_to_keep": 1} if _is_causal_lm(model) else {}),
-    )
-    return out.hidden_states[-1]
-
-
-def _is_causal_lm(model) -> bool:
-    base = getattr(model, "module", model)
-    return isinstance(base, transformers.GenerationMixin)
-
-
 def response_logprobs(
     model, ids, mask, prompt_length: int, rmask: torch.Tensor, temperature: float, entropy: bool
 ):
-    """(B, R) log-probs (and entropies) of the response tokens, at the sampling temperature."""
-    head = getattr(model, "module", model).get_output_embeddings()
+    """(B, R) log-probs (and entropies) of the response tokens, at the sampling temperature,
+    made in the lm_head's call (``model_io``)."""
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :prompt_length] = -100
-    hidden = final_hidden(model, ids, mask)
-    out = linear_token_logprobs(
-        hidden, head.weight, labels, bias=head.bias, temperature=temperature, return_entropy=entropy
-    )
+
+    def logps(hidden, weight, bias):
+        return linear_token_logprobs(
+            hidden, weight, labels, bias=bias, temperature=temperature, return_entropy=entropy
+        )
+
+    out = head_output(model, logps, _inputs(ids, mask))
     if entropy:
         return out[0][:, prompt_length:], out[1][:, prompt_length:]
     return out[:, prompt_length:] * rmask
@@ -122,19 +109,19 @@ def response_logprobs(
 
 def critic_values(critic, ids, mask, prompt_length: int) -> torch.Tensor:
     """(B, R) values: the critic's score head at the position before each response token."""
-    hidden = final_hidden(critic, ids, mask)
-    score = getattr(critic, "module", critic).score
-    values = score(hidden).squeeze(-1).float()
+    values = head_output(critic, None, _inputs(ids, mask)).squeeze(-1).float()
     return values[:, prompt_length - 1 : -1]
 
 
 @torch.no_grad()
 def reward_model_scores(reward_model, ids, mask) -> torch.Tensor:
     """(B,) reward-model scores at each sequence's last real token."""
-    hidden = final_hidden(reward_model, ids, mask)
-    last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
-    picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return reward_model.score(picked).squeeze(-1).float()
+    scores = head_output(reward_model, None, _inputs(ids, mask)).squeeze(-1)
+    return last_real(scores, mask).float()
+
+
+def _inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions_of(mask)}
 
 
 class PpoRun:

@@ -9,6 +9,7 @@ import torch
 
 from ferrotune.train.base import FerrotuneTrainer
 from ferrotune.train.losses import reward_loss
+from ferrotune.train.model_io import head_output, last_real
 
 
 class PairCollator:
@@ -41,18 +42,11 @@ class PairCollator:
         return batch
 
 
-def sequence_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """(2B,) scores at each sequence's last real token (right padding), in fp32."""
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        output_hidden_states=True,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1]  # (2B, T, H) after the final norm
-    last = batch["attention_mask"].sum(dim=1) - 1
-    picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return head(picked).squeeze(-1).float()
+def sequence_rewards(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """(2B,) scores at each sequence's last real token, in fp32: the score head's output at
+    every position, taken in the model's forward (``model_io``), then picked by the mask."""
+    scores = head_output(model, None, batch).squeeze(-1)
+    return last_real(scores, batch["attention_mask"]).float()
 
 
 class RewardTrainer(FerrotuneTrainer):
@@ -61,8 +55,7 @@ class RewardTrainer(FerrotuneTrainer):
     loss_is_scaled_for_ga = False  # a mean over the micro-batch's pairs: Trainer divides by GA
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        head = self.accelerator.unwrap_model(model).score
-        rewards = sequence_rewards(model, head, inputs)
+        rewards = sequence_rewards(model, inputs)
         chosen, rejected = rewards.chunk(2)
         loss = reward_loss(chosen, rejected, inputs.get("margin", 0.0)).mean()
         self.record("accuracy", (chosen > rejected).float().mean())
