@@ -106,3 +106,24 @@ def tiny_config(tmp_path_factory) -> Path:
         "num_key_value_heads": 2, "tie_word_embeddings": True,
     }))  # fmt: skip
     return path
+
+
+class KernelSpy:
+    """``pythonpath`` for ``torchrun``; ``calls()``: what ``tests/kernel_spy`` recorded."""
+
+    pythonpath = str(REPO / "tests" / "kernel_spy")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def calls(self) -> list[dict]:
+        return [json.loads(line) for f in self.folder.glob("spy-*.jsonl") for line in f.open()]
+
+
+@pytest.fixture
+def kernel_spy(tmp_path, monkeypatch) -> KernelSpy:
+    """Records the fused-kernel calls of processes started with ``KernelSpy.pythonpath``."""
+    folder = tmp_path / "kernel-spy"
+    folder.mkdir()
+    monkeypatch.setenv("SPY_DIR", str(folder))
+    return KernelSpy(folder)

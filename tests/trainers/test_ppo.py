@@ -131,10 +131,12 @@ def stopping_model(folder: Path) -> Path:
     return folder
 
 
-def test_two_processes_train_as_one(tmp_path, prompts, rule, torchrun):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
+def test_two_processes_train_as_one(tmp_path, prompts, rule, torchrun, sharding, kernel_spy):
     """torchrun with 2 processes x 4 prompts gives the metrics of one process with 8: rollouts
-    are split, whitening and means are global, DDP averages the gradients. Near-greedy sampling
-    (top_p 1e-6) makes the rollouts independent of how the RNG streams are split."""
+    are split, whitening and means are global, DDP averages the gradients (or FSDP2 shards
+    actor, critic and reference and reduce-scatters them). Near-greedy sampling (top_p 1e-6)
+    makes the rollouts independent of how the RNG streams are split."""
     actor = stopping_model(tmp_path / "actor")
     args = ["train", "ppo", "--model", str(actor), "--data", str(prompts), "max_steps=3",
             "save_strategy=no", "use_cpu=true", f"reward_fn={rule}", "top_p=1e-6",
@@ -143,8 +145,18 @@ def test_two_processes_train_as_one(tmp_path, prompts, rule, torchrun):
     assert (
         main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=8"]) == 0
     )
-    torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=4"],
-             pythonpath=[str(tmp_path)])  # fmt: skip
+    sharded = []
+    if sharding == "fsdp2":
+        fsdp = tmp_path / "fsdp.json"
+        fsdp.write_text(
+            json.dumps({"version": 2, "transformer_layer_cls_to_wrap": "Qwen2DecoderLayer"})
+        )
+        sharded = ["fsdp=true", f"fsdp_config={fsdp}"]
+    torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=4",
+              *sharded], pythonpath=[str(tmp_path), kernel_spy.pythonpath])  # fmt: skip
+    calls = kernel_spy.calls()  # actor and reference log-probs, in the head's call
+    assert calls and all(c["in_head"] and not c["dtensor"] for c in calls), calls
+    assert all(c["sharded_root"] == (sharding == "fsdp2") for c in calls), calls
     one = json.loads((tmp_path / "one" / "ppo_history.json").read_text())
     two = json.loads((tmp_path / "two" / "ppo_history.json").read_text())
     assert [row["step"] for row in two] == [1, 2, 3]

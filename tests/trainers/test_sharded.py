@@ -6,7 +6,6 @@ FSDP2 run repeats the unbroken one."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,35 +18,6 @@ from ferrotune.data import prep_dpo, prep_pt, prep_rm, prep_sft
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 COMMON = ["use_cpu=true", "disable_tqdm=true", "learning_rate=5e-3", "logging_steps=1",
           "optim=sgd", "seed=1", "report_to=none"]  # fmt: skip
-
-# Every fused-kernel call is recorded: inside the head's call? under a sharded root? a DTensor?
-SPY = """
-import json, os, sys
-import ferrotune_kernels
-
-def spy(name, kernel):
-    def call(hidden, weight, *args, **kwargs):
-        from torch.distributed.fsdp import FSDPModule
-        from torch.distributed.tensor import DTensor
-        frames, frame = [], sys._getframe(1)
-        while frame is not None:
-            frames.append(frame)
-            frame = frame.f_back
-        record = {
-            "kernel": name,
-            "in_head": any(f.f_code.co_qualname == "HeadTap.__call__" for f in frames),
-            "sharded_root": any(isinstance(f.f_locals.get("self"), FSDPModule) for f in frames),
-            "dtensor": isinstance(weight, DTensor),
-        }
-        path = os.path.join(os.environ["SPY_DIR"], f"spy-{os.getpid()}.jsonl")
-        with open(path, "a") as out:
-            out.write(json.dumps(record) + "\\n")
-        return kernel(hidden, weight, *args, **kwargs)
-    return call
-
-for name in ("linear_cross_entropy", "linear_token_logprobs"):
-    setattr(ferrotune_kernels, name, spy(name, getattr(ferrotune_kernels, name)))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -76,27 +46,19 @@ def losses(out: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in state["log_history"] if "loss" in row}
 
 
-def spied(folder: Path) -> list[dict]:
-    return [json.loads(line) for f in folder.glob("spy-*.jsonl") for line in f.open()]
-
-
 @pytest.mark.parametrize("stage", ["pt", "sft", "rm", "dpo"])
 def test_two_process_fsdp2_equals_one_process(
-    stage, data, fsdp_config, tmp_path, torchrun, monkeypatch
+    stage, data, fsdp_config, tmp_path, torchrun, kernel_spy
 ):
     model = EXAMPLES / "model" / "config.json"
     args = ["train", stage, "--model", str(model), "--data", str(data[stage]),
             "max_steps=3", "save_strategy=no", *COMMON]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*args, "--output-dir", str(one), "per_device_train_batch_size=4"]) == 0
-    spy = tmp_path / "spy"
-    spy.mkdir()
-    (spy / "sitecustomize.py").write_text(textwrap.dedent(SPY))
-    monkeypatch.setenv("SPY_DIR", str(spy))
     torchrun(
         [*args, "--output-dir", str(two), "per_device_train_batch_size=2", "fsdp=true",
          f"fsdp_config={fsdp_config}"],
-        pythonpath=[str(spy)],
+        pythonpath=[kernel_spy.pythonpath],
     )  # fmt: skip
     one_losses, two_losses = losses(one), losses(two)
     assert sorted(one_losses) == sorted(two_losses) == [1, 2, 3]
@@ -109,7 +71,7 @@ def test_two_process_fsdp2_equals_one_process(
     assert sorted(one_weights) == sorted(two_weights)
     for name, weight in one_weights.items():
         torch.testing.assert_close(two_weights[name], weight, rtol=1e-4, atol=1e-6, msg=name)
-    calls = spied(spy)
+    calls = kernel_spy.calls()
     if stage == "rm":  # a plain score head: no fused kernel
         assert calls == []
         return
@@ -117,3 +79,32 @@ def test_two_process_fsdp2_equals_one_process(
     sharded = [c for c in calls if c["sharded_root"]]
     assert len(sharded) >= 2 * 3, calls  # each process, each step
     assert all(c["in_head"] and not c["dtensor"] for c in calls), calls
+
+
+def test_resume_from_a_sharded_fsdp2_checkpoint_repeats_the_unbroken_run(data, tmp_path, torchrun):
+    """Each process saves its own shards (SHARDED_STATE_DICT, as for a model too big to gather);
+    resumed from them, steps 4-6 repeat the unbroken run's, and the final model, gathered, is a
+    plain transformers folder."""
+    import transformers
+
+    config = tmp_path / "fsdp.json"
+    config.write_text(json.dumps({
+        "version": 2, "transformer_layer_cls_to_wrap": ["Qwen2DecoderLayer"],
+        "state_dict_type": "SHARDED_STATE_DICT",
+    }))  # fmt: skip
+    args = ["train", "sft", "--model", str(EXAMPLES / "model" / "config.json"),
+            "--data", str(data["sft"]), "max_steps=6", "save_steps=3",
+            "per_device_train_batch_size=2", "fsdp=true", f"fsdp_config={config}",
+            *[c for c in COMMON if not c.startswith("optim=")]]  # fmt: skip
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    torchrun([*args, "--output-dir", str(whole)])
+    checkpoint = whole / "checkpoint-3"
+    torchrun([*args, "--output-dir", str(resumed), f"resume_from_checkpoint={checkpoint}"])
+    once, again = losses(whole), losses(resumed)
+    assert sorted(again) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(once[step], rel=1e-5), (step, once, again)
+    model = transformers.AutoModelForCausalLM.from_pretrained(resumed)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(whole)
+    for name, weight in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], weight, rtol=1e-4, atol=1e-6)

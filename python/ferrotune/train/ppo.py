@@ -44,6 +44,7 @@ from ferrotune.train.models import load_causal_lm, load_reward_model, model_acce
 from ferrotune.train.plots import plot_history
 from ferrotune.train.ppo_math import gae, masked_mean, masked_whiten, policy_loss, token_rewards
 from ferrotune.train.ppo_math import value_loss as clipped_value_loss
+from ferrotune.train.sharding import fsdp_on_cpu, without_tied_copies
 from ferrotune_kernels import linear_token_logprobs
 
 STATE = PPO_STATE  # optimizers, step and history: one file, written by the main process, last
@@ -132,7 +133,7 @@ class PpoRun:
             raise ConfigError("PPO needs reward_model=PATH or reward_fn=module:function")
         self.config = config
         self.prompts = prompts
-        self.accelerator = __import__("accelerate").Accelerator(cpu=config.use_cpu)
+        self.accelerator = _accelerator(config)
         self.device = self.accelerator.device
         tokenizer_info = manifest["tokenizer"]
         self.pad_id = (tokenizer_info.get("pad") or tokenizer_info.get("eos") or {"id": 0})["id"]
@@ -181,14 +182,17 @@ class PpoRun:
         self.critic_optimizer = torch.optim.AdamW(
             self.critic.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.actor, self.critic, self.actor_optimizer, self.critic_optimizer = (
-            self.accelerator.prepare(
-                self.actor, self.critic, self.actor_optimizer, self.critic_optimizer
-            )
+        # One model per prepare: accelerate's FSDP2 shards one model (the last) per call.
+        self.actor, self.actor_optimizer = self.accelerator.prepare(
+            self.actor, self.actor_optimizer
         )
-        self.reference.to(self.device)
+        self.critic, self.critic_optimizer = self.accelerator.prepare(
+            self.critic, self.critic_optimizer
+        )
+        self.sharded = self.accelerator.is_fsdp2
+        self.reference = self._frozen_on_device(self.reference)
         if self.reward_model is not None:
-            self.reward_model.to(self.device)
+            self.reward_model = self._frozen_on_device(self.reward_model)
         self.history: list[dict[str, float]] = []
         # Two streams, so that the prompt order does not depend on the minibatch size.
         self.prompt_rng = torch.Generator().manual_seed(config.seed)
@@ -199,6 +203,11 @@ class PpoRun:
             raise ConfigError(f"{len(self.prompts)} prompts cannot feed {world} processes")
         if resume is not None:
             self.load_state(resume)
+
+    def _frozen_on_device(self, model):
+        """A frozen model on this process's device; sharded like the actor under FSDP2 (DDP
+        has nothing to do for a model without gradients)."""
+        return self.accelerator.prepare(model) if self.sharded else model.to(self.device)
 
     def total(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over all processes."""
@@ -393,15 +402,24 @@ class PpoRun:
             folder / RANK_STATE.format(rank=self.accelerator.process_index),
         )
         self.accelerator.wait_for_everyone()  # every RANK_STATE is whole before STATE says so
+        # Collectives under FSDP2 (every process gathers), then the main process writes.
+        models = {"": self.actor, "critic": self.critic}
+        weights = {name: self.accelerator.get_state_dict(m) for name, m in models.items()}
+        optimizers = {
+            "actor_optimizer": self._optimizer_state(self.actor, self.actor_optimizer),
+            "critic_optimizer": self._optimizer_state(self.critic, self.critic_optimizer),
+        }
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.actor).save_pretrained(folder)
-            self.accelerator.unwrap_model(self.critic).save_pretrained(folder / "critic")
+            for name, model in models.items():
+                plain = self.accelerator.unwrap_model(model)
+                plain.save_pretrained(
+                    folder / name, state_dict=without_tied_copies(plain, weights[name])
+                )
             (folder / "ppo_history.json").write_text(json.dumps(self.history, indent=1))
             plot_history(self.history, ["score", "kl"], folder / "ppo.png")
             _save_atomic(
                 {
-                    "actor_optimizer": self.actor_optimizer.state_dict(),
-                    "critic_optimizer": self.critic_optimizer.state_dict(),
+                    **optimizers,
                     "history": self.history,
                     "world_size": self.accelerator.num_processes,
                 },
@@ -418,8 +436,8 @@ class PpoRun:
                 f"resumed by {self.accelerator.num_processes}",
                 option="resume_from_checkpoint",
             )
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self._load_optimizer_state(self.actor, self.actor_optimizer, state["actor_optimizer"])
+        self._load_optimizer_state(self.critic, self.critic_optimizer, state["critic_optimizer"])
         self.history = state["history"]
         mine = torch.load(
             folder / RANK_STATE.format(rank=self.accelerator.process_index), weights_only=False
@@ -430,6 +448,44 @@ class PpoRun:
         torch.set_rng_state(mine["torch"])
         if mine["cuda"]:
             torch.cuda.set_rng_state_all(mine["cuda"])
+
+    def _optimizer_state(self, model, optimizer) -> dict:
+        """The optimizer's state; under FSDP2 gathered whole (a collective), so that a checkpoint
+        is one file as without sharding."""
+        if not self.sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(model, optimizer, options=options)
+
+    def _load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, optimizer, state, options=options)
+
+
+def _accelerator(config: PpoConfig):
+    """accelerate's Accelerator for the run, with an FSDP plugin when ``fsdp`` asks for one
+    (``TrainingArguments`` turns ``fsdp_config`` into its arguments), on CPU processes too."""
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin_args = config.fsdp_plugin_args
+    plugin = FullyShardedDataParallelPlugin(**plugin_args) if plugin_args else None
+    accelerator = Accelerator(cpu=config.use_cpu, fsdp_plugin=plugin)
+    fsdp_on_cpu(accelerator, plugin_args)
+    return accelerator
 
 
 def _save_atomic(obj, path: Path) -> None:

@@ -128,6 +128,10 @@ def train(stage: str, config: TrainConfig) -> Path:
     out = Path(config.output_dir)
     if config.lora_r > 0:
         _save_merged(trainer, out)
+    elif trainer.is_fsdp_enabled:
+        # Gathered whatever the checkpoints' state_dict_type: the final model is a plain
+        # transformers folder (Trainer would save nothing but shards under SHARDED_STATE_DICT).
+        trainer._save(str(out), state_dict=trainer.accelerator.get_state_dict(trainer.model))
     else:
         trainer.save_model(str(out))
     trainer.save_state()  # trainer_state.json: the log history, beside the model
@@ -178,6 +182,12 @@ def _prepared(model, config: TrainConfig, task: str = "CAUSAL_LM"):
     """With LoRA adapters through peft when ``lora_r > 0``; the model as it is otherwise."""
     if config.lora_r <= 0:
         return model
+    if config.fsdp or config.deepspeed:
+        raise ConfigError(
+            "lora_r > 0 with fsdp or deepspeed is not supported yet: the merged save needs the "
+            "whole model on one process; train LoRA with DDP, or every weight sharded",
+            option="lora_r",
+        )
     try:
         import peft
     except ImportError as e:
