@@ -76,16 +76,16 @@ def example_tokenizer() -> Path:
 
 @pytest.fixture
 def torchrun() -> Callable[..., None]:
-    """``torchrun(args, pythonpath=[])``: ``ferrotune ARGS`` in two processes (gloo on the CPU,
-    a free port), failing the test with the processes' stderr."""
+    """``torchrun(args, pythonpath=[], processes=2)``: ``ferrotune ARGS`` in two processes
+    (gloo on the CPU, a free port), failing the test with the processes' stderr."""
 
-    def run(args: list[str], pythonpath: list[str] = ()) -> None:
+    def run(args: list[str], pythonpath: list[str] = (), processes: int = 2) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         path = os.pathsep.join([*pythonpath, os.environ.get("PYTHONPATH", "")])
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                   "--master_port", str(port), "-m", "ferrotune.cli"]  # fmt: skip
         done = subprocess.run(
             [*launch, *args], env=env, capture_output=True, text=True, timeout=600

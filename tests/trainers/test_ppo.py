@@ -147,10 +147,7 @@ def test_two_processes_train_as_one(tmp_path, prompts, rule, torchrun, sharding,
     )
     sharded = []
     if sharding == "fsdp2":
-        fsdp = tmp_path / "fsdp.json"
-        fsdp.write_text(
-            json.dumps({"version": 2, "transformer_layer_cls_to_wrap": "Qwen2DecoderLayer"})
-        )
+        fsdp = REPO / "examples" / "sharding" / "fsdp2.json"
         sharded = ["fsdp=true", f"fsdp_config={fsdp}"]
     torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=4",
               *sharded], pythonpath=[str(tmp_path), kernel_spy.pythonpath])  # fmt: skip

@@ -21,13 +21,9 @@ COMMON = ["use_cpu=true", "disable_tqdm=true", "learning_rate=5e-3", "logging_st
 
 
 @pytest.fixture(scope="module")
-def fsdp_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("fsdp") / "fsdp.json"
-    path.write_text(json.dumps({
-        "version": 2, "transformer_layer_cls_to_wrap": ["Qwen2DecoderLayer"],
-        "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT",
-    }))  # fmt: skip
-    return path
+def fsdp_config() -> Path:
+    """The example FSDP2 settings the README gives (``fsdp=true fsdp_config=...``)."""
+    return EXAMPLES / "sharding" / "fsdp2.json"
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +42,19 @@ def losses(out: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in state["log_history"] if "loss" in row}
 
 
-@pytest.mark.parametrize("stage", ["pt", "sft", "rm", "dpo"])
+@pytest.mark.parametrize(
+    "stage, settings",
+    [("pt", []), ("sft", []), ("rm", []), ("dpo", []), ("dpo", ["precompute_ref_logps=false"])],
+    ids=["pt", "sft", "rm", "dpo", "dpo-live-reference"],
+)
 def test_two_process_fsdp2_equals_one_process(
-    stage, data, fsdp_config, tmp_path, torchrun, kernel_spy
+    stage, settings, data, fsdp_config, tmp_path, torchrun, kernel_spy
 ):
+    """With ``precompute_ref_logps=false`` the reference is sharded like the policy and runs in
+    every step."""
     model = EXAMPLES / "model" / "config.json"
     args = ["train", stage, "--model", str(model), "--data", str(data[stage]),
-            "max_steps=3", "save_strategy=no", *COMMON]  # fmt: skip
+            "max_steps=3", "save_strategy=no", *COMMON, *settings]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*args, "--output-dir", str(one), "per_device_train_batch_size=4"]) == 0
     torchrun(
@@ -75,26 +77,25 @@ def test_two_process_fsdp2_equals_one_process(
     if stage == "rm":  # a plain score head: no fused kernel
         assert calls == []
         return
-    # DPO precomputes the reference log-probs before the trainer shards the policy.
     sharded = [c for c in calls if c["sharded_root"]]
     assert len(sharded) >= 2 * 3, calls  # each process, each step
+    # By default DPO precomputes the reference log-probs before the trainer shards the policy.
+    precomputed = stage == "dpo" and not settings
+    assert precomputed or len(sharded) == len(calls), calls
     assert all(c["in_head"] and not c["dtensor"] for c in calls), calls
 
 
-def test_resume_from_a_sharded_fsdp2_checkpoint_repeats_the_unbroken_run(data, tmp_path, torchrun):
+def test_resume_from_a_sharded_fsdp2_checkpoint_repeats_the_unbroken_run(
+    data, fsdp_config, tmp_path, torchrun
+):
     """Each process saves its own shards (SHARDED_STATE_DICT, as for a model too big to gather);
     resumed from them, steps 4-6 repeat the unbroken run's, and the final model, gathered, is a
     plain transformers folder."""
     import transformers
 
-    config = tmp_path / "fsdp.json"
-    config.write_text(json.dumps({
-        "version": 2, "transformer_layer_cls_to_wrap": ["Qwen2DecoderLayer"],
-        "state_dict_type": "SHARDED_STATE_DICT",
-    }))  # fmt: skip
     args = ["train", "sft", "--model", str(EXAMPLES / "model" / "config.json"),
             "--data", str(data["sft"]), "max_steps=6", "save_steps=3",
-            "per_device_train_batch_size=2", "fsdp=true", f"fsdp_config={config}",
+            "per_device_train_batch_size=2", "fsdp=true", f"fsdp_config={fsdp_config}",
             *[c for c in COMMON if not c.startswith("optim=")]]  # fmt: skip
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     torchrun([*args, "--output-dir", str(whole)])
@@ -108,3 +109,97 @@ def test_resume_from_a_sharded_fsdp2_checkpoint_repeats_the_unbroken_run(data, t
     reference = transformers.AutoModelForCausalLM.from_pretrained(whole)
     for name, weight in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], weight, rtol=1e-4, atol=1e-6)
+
+
+def test_accelerate_launch_with_the_example_fsdp2_config(data, tmp_path, kernel_spy):
+    """``accelerate launch --config_file examples/sharding/accelerate_fsdp2.yaml`` (two CPU
+    processes instead of eight GPUs) shards the model and trains as one process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    yaml = (EXAMPLES / "sharding" / "accelerate_fsdp2.yaml").read_text()
+    yaml = yaml.replace("num_processes: 8", "num_processes: 2")
+    yaml = yaml.replace("mixed_precision: bf16", 'mixed_precision: "no"\nuse_cpu: true')
+    (tmp_path / "accelerate.yaml").write_text(yaml)
+    args = ["train", "sft", "--model", str(EXAMPLES / "model" / "config.json"),
+            "--data", str(data["sft"]), "max_steps=3", "save_strategy=no", *COMMON]  # fmt: skip
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": kernel_spy.pythonpath}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(tmp_path / "accelerate.yaml"), "--main_process_port", str(port),
+              "-m", "ferrotune.cli"]  # fmt: skip
+    done = subprocess.run(
+        [*launch, *args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), (step, one, two)
+    calls = kernel_spy.calls()
+    assert calls and all(c["sharded_root"] and c["in_head"] for c in calls), calls
+
+
+@pytest.mark.gpu
+def test_deepspeed_zero3_equals_one_process(data, tmp_path, torchrun, kernel_spy):
+    """ZeRO-3 (the example config) on every GPU there is: the lm_head's weight is gathered in
+    DeepSpeed's hooks around the head's call, where the kernels run, and the losses are one
+    plain process's with the same global batch. Needs CUDA and deepspeed."""
+    pytest.importorskip("deepspeed")
+    if not torch.cuda.is_available():
+        pytest.skip("ZeRO-3 needs CUDA")
+    gpus = min(torch.cuda.device_count(), 2)
+    args = ["train", "sft", "--model", str(EXAMPLES / "model" / "config.json"),
+            "--data", str(data["sft"]), "max_steps=3", "save_strategy=no",
+            *[c for c in COMMON if c != "use_cpu=true"]]  # fmt: skip
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
+    )
+    zero3 = EXAMPLES / "sharding" / "zero3.json"
+    torchrun([*args, "--output-dir", str(tmp_path / "two"), f"deepspeed={zero3}",
+              f"per_device_train_batch_size={4 // gpus}"],
+             pythonpath=[kernel_spy.pythonpath], processes=gpus)  # fmt: skip
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+    calls = kernel_spy.calls()
+    assert calls and all(c["in_head"] for c in calls), calls
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two")  # a plain folder
+    assert model.get_output_embeddings().weight.shape[0] == 2048
+
+
+def test_half_precision_fsdp2_reduces_gradients_in_fp32():
+    """accelerate's bf16 policy would reduce-scatter in bf16; the kernels' rule is fp32."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from ferrotune.train.sharding import reduce_in_fp32
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin.set_mixed_precision("bf16")
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16
+    reduce_in_fp32(plugin)
+    assert plugin.mixed_precision_policy.param_dtype == torch.bfloat16
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.float32
+
+
+def test_bf16_fsdp2_on_cpu_trains_close_to_fp32(data, fsdp_config, tmp_path, torchrun):
+    args = ["train", "sft", "--model", str(EXAMPLES / "model" / "config.json"),
+            "--data", str(data["sft"]), "max_steps=3", "save_strategy=no", *COMMON]  # fmt: skip
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "one"), "per_device_train_batch_size=4"]) == 0
+    )
+    torchrun([*args, "--output-dir", str(tmp_path / "two"), "per_device_train_batch_size=2",
+              "fsdp=true", f"fsdp_config={fsdp_config}", "bf16=true"])  # fmt: skip
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=2e-2), (step, one, two)

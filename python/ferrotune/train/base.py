@@ -10,7 +10,7 @@ import transformers
 
 from ferrotune.errors import FerrotuneError
 from ferrotune.train.checkpoints import complete_checkpoints
-from ferrotune.train.sharding import fsdp_on_cpu, without_tied_copies
+from ferrotune.train.sharding import set_up_fsdp, without_tied_copies
 
 
 class FerrotuneTrainer(transformers.Trainer):
@@ -26,7 +26,7 @@ class FerrotuneTrainer(transformers.Trainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        if fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+        if set_up_fsdp(self.accelerator, self.args.fsdp_plugin_args):
             self.is_fsdp_enabled = True
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

@@ -68,7 +68,13 @@ class DpoTrainer(FerrotuneTrainer):
         super().__init__(*args, **kwargs)
         self.ref_model = ref_model
         if ref_model is not None:
-            self.ref_model = ref_model.to(self.args.device).eval().requires_grad_(False)
+            ref_model = ref_model.eval().requires_grad_(False)
+            # Sharded like the policy under FSDP2; DDP has nothing to do for a frozen model.
+            self.ref_model = (
+                self.accelerator.prepare(ref_model)
+                if self.is_fsdp_enabled
+                else ref_model.to(self.args.device)
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args

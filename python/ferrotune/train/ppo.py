@@ -44,7 +44,7 @@ from ferrotune.train.models import load_causal_lm, load_reward_model, model_acce
 from ferrotune.train.plots import plot_history
 from ferrotune.train.ppo_math import gae, masked_mean, masked_whiten, policy_loss, token_rewards
 from ferrotune.train.ppo_math import value_loss as clipped_value_loss
-from ferrotune.train.sharding import fsdp_on_cpu, without_tied_copies
+from ferrotune.train.sharding import set_up_fsdp, without_tied_copies
 from ferrotune_kernels import linear_token_logprobs
 
 STATE = PPO_STATE  # optimizers, step and history: one file, written by the main process, last
@@ -484,7 +484,7 @@ def _accelerator(config: PpoConfig):
     plugin_args = config.fsdp_plugin_args
     plugin = FullyShardedDataParallelPlugin(**plugin_args) if plugin_args else None
     accelerator = Accelerator(cpu=config.use_cpu, fsdp_plugin=plugin)
-    fsdp_on_cpu(accelerator, plugin_args)
+    set_up_fsdp(accelerator, plugin_args)
     return accelerator
 
 
