@@ -26,10 +26,18 @@ non-padding tokens of every batch (``attention_mask`` summed in ``Trainer.traini
 same code for both), **tokens/s** = tokens / train s, and **peak RSS** the subprocess's
 ``VmHWM`` (its whole life: imports, preparation, model and training).
 
+``--sharding one,ddp,fsdp2`` runs each contender also as two processes (``torch.distributed.run``,
+gloo on the CPU, half the batch each: the same global batch), under DDP and under FSDP2 with
+``examples/sharding/fsdp2.json``. accelerate would fall back to DDP on CPU processes, so TRL's
+``SFTTrainer`` gets the same FSDP2 set-up ferrotune's trainers do (``ferrotune.train.sharding``).
+There **peak RSS** is the largest process's, **train s** the slowest process's, **tokens** the
+sum over processes, and **step s** = train s / steps.
+
 Usage (from the repository root, in the project's virtual environment)::
 
     python bench/train_sft.py                       # 16 steps x 4 x <=512 tokens, both
     python bench/train_sft.py --steps 8 --max-length 256 --only ferrotune
+    python bench/train_sft.py --sharding one,ddp,fsdp2
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ from prep_pt import (
 from ferrotune.bench.prep_sft import trl_template
 
 CONTENDERS = ("ferrotune", "trl")
+SHARDINGS = ("one", "ddp", "fsdp2")  # one process; two under DDP; two under FSDP2
+FSDP2_CONFIG = REPO / "examples" / "sharding" / "fsdp2.json"
 SFT_DIR = REPO.parent / "shared" / "data" / "medicalgpt" / "sft"
 # Plain ShareGPT conversations (the glaive file's tool calls are left out: TRL would need tools).
 SFT_FILES = ("medical_sft_1K_format.jsonl", "sharegpt_zh_1K_format.jsonl")
@@ -92,6 +102,8 @@ class Result:
     """One contender's run."""
 
     contender: str
+    sharding: str  # one, ddp or fsdp2
+    processes: int
     records: int  # rows in the training data
     steps: int  # optimizer steps taken
     batch: int
@@ -114,6 +126,14 @@ class Result:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def step_s(self) -> float:
+        return self.train_s / self.steps if self.steps else float("nan")
+
+    @property
+    def label(self) -> str:
+        return self.contender if self.sharding == "one" else f"{self.contender} {self.sharding}"
 
 
 # --------------------------------------------------------------------------- set-up
@@ -270,6 +290,7 @@ def ferrotune_overrides(spec: dict[str, Any]) -> list[str]:
         "gradient_checkpointing=false",
         "dataloader_num_workers=0",
         "loss_plot=false",
+        *(["fsdp=true", f"fsdp_config={FSDP2_CONFIG}"] if spec.get("sharding") == "fsdp2" else []),
     ]
 
 
@@ -293,7 +314,25 @@ def trl_settings(spec: dict[str, Any], tmp: str) -> dict[str, Any]:
         "gradient_checkpointing": False,
         "dataloader_num_workers": 0,
         "max_length": spec["max_length"],
+        **(
+            {"fsdp": True, "fsdp_config": str(FSDP2_CONFIG)}
+            if spec.get("sharding") == "fsdp2"
+            else {}
+        ),
     }
+
+
+def with_cpu_fsdp(trainer_class: type) -> type:
+    """``trainer_class`` set up for FSDP2 as ferrotune's trainers are, on CPU processes too."""
+    from ferrotune.train.sharding import set_up_fsdp
+
+    class Sharded(trainer_class):
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            if set_up_fsdp(self.accelerator, self.args.fsdp_plugin_args):
+                self.is_fsdp_enabled = True
+
+    return Sharded
 
 
 def child_ferrotune(spec: dict[str, Any], tmp: str) -> None:
@@ -326,7 +365,7 @@ def child_trl(spec: dict[str, Any], tmp: str) -> None:
         **trl_settings(spec, tmp), chat_template_path=spec["template"], assistant_only_loss=True
     )
     start = time.perf_counter()
-    trainer = SFTTrainer(
+    trainer = with_cpu_fsdp(SFTTrainer)(
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     TIMES["prep_s"] = time.perf_counter() - start
@@ -362,21 +401,45 @@ def run_as_child(spec_path: str, children: dict[str, Callable[[dict[str, Any], s
 # --------------------------------------------------------------------------- parent
 
 
-def run_contender(script: Path, name: str, spec: dict[str, Any], records: int) -> Result:
-    spec = {**spec, "contender": name}
-    spec_path = Path(spec["tmp"]) / f"{script.stem}-{name}-spec.json"
+def run_contender(
+    script: Path, name: str, spec: dict[str, Any], records: int, sharding: str = "one"
+) -> Result:
+    """One contender in its own process, or in two (``sharding`` ddp or fsdp2) that each take
+    half the batch and half the threads."""
+    processes = 1 if sharding == "one" else 2
+    spec = {**spec, "contender": name, "sharding": sharding, "batch": spec["batch"] // processes,
+            "threads": max(1, spec["threads"] // processes)}  # fmt: skip
+    spec_path = Path(spec["tmp"]) / f"{script.stem}-{name}-{sharding}-spec.json"
     spec_path.write_text(json.dumps(spec))
     env = child_env(spec["threads"])
     env.update(OMP_NUM_THREADS=str(spec["threads"]), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(script), "--child", str(spec_path)]
+    if processes > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_port", str(free_port())]  # fmt: skip
     wall, _, stdout = run_measured(cmd, env)
-    out = child_result(stdout)
+    outs = [json.loads(line.removeprefix(RESULT_TAG))
+            for line in stdout.splitlines() if line.startswith(RESULT_TAG)]  # fmt: skip
+    if len(outs) != processes:
+        outs = [child_result(stdout)]  # raises, showing what the child printed
+    slowest = max(outs, key=lambda out: out["train_s"])
     return Result(
-        contender=name, records=records, steps=out["steps"], batch=spec["batch"],
-        max_length=spec["max_length"], tokens=out["tokens"], label_tokens=out["label_tokens"],
-        prep_s=out["prep_s"], ref_s=out["ref_s"], train_s=out["train_s"], wall_s=wall,
-        peak_rss_mb=out["peak"] / 1e6, first_loss=out["first_loss"], last_loss=out["last_loss"],
+        contender=name, sharding=sharding, processes=processes, records=records,
+        steps=slowest["steps"], batch=spec["batch"] * processes, max_length=spec["max_length"],
+        tokens=sum(o["tokens"] for o in outs), label_tokens=sum(o["label_tokens"] for o in outs),
+        prep_s=max(o["prep_s"] for o in outs), ref_s=max(o["ref_s"] for o in outs),
+        train_s=slowest["train_s"], wall_s=wall, peak_rss_mb=max(o["peak"] for o in outs) / 1e6,
+        first_loss=sum(o["first_loss"] for o in outs) / processes,
+        last_loss=sum(o["last_loss"] for o in outs) / processes,
     )  # fmt: skip
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def print_environment(threads: int) -> None:
@@ -391,28 +454,37 @@ def print_environment(threads: int) -> None:
 
 def print_table(results: Sequence[Result], with_ref: bool) -> None:
     head = (
-        f"{'contender':<10} {'steps':>5} {'tokens':>8} {'loss tok':>8} {'prep s':>7} "
+        f"{'contender':<16} {'steps':>5} {'tokens':>8} {'loss tok':>8} {'prep s':>7} "
         + (f"{'ref s':>6} " if with_ref else "")
-        + f"{'train s':>8} {'wall s':>7} {'tokens/s':>9} {'peak RSS MB':>11} "
+        + f"{'train s':>8} {'step s':>7} {'wall s':>7} {'tokens/s':>9} {'peak RSS MB':>11} "
         + f"{'loss first→last':>17}"
     )
     print(head)
     print("-" * len(head))
     for r in results:
         print(
-            f"{r.contender:<10} {r.steps:>5} {r.tokens:>8} {r.label_tokens:>8} {r.prep_s:>7.2f} "
+            f"{r.label:<16} {r.steps:>5} {r.tokens:>8} {r.label_tokens:>8} {r.prep_s:>7.2f} "
             + (f"{r.ref_s:>6.2f} " if with_ref else "")
-            + f"{r.train_s:>8.2f} {r.wall_s:>7.1f} {r.tokens_per_s:>9.0f} {r.peak_rss_mb:>11.0f} "
+            + f"{r.train_s:>8.2f} {r.step_s:>7.3f} {r.wall_s:>7.1f} {r.tokens_per_s:>9.0f} "
+            + f"{r.peak_rss_mb:>11.0f} "
             f"{r.first_loss:>8.4f}→{r.last_loss:<8.4f}"
         )
 
 
 def verdict(results: Sequence[Result], target: float) -> tuple[bool, list[str]]:
-    """Ratios ferrotune / TRL and PASS/FAIL against ``target`` (speed) and TRL's peak RSS."""
-    by = {r.contender: r for r in results}
-    if not {"ferrotune", "trl"} <= by.keys():
-        return True, []
-    ours, theirs = by["ferrotune"], by["trl"]
+    """Ratios ferrotune / TRL and PASS/FAIL against ``target`` (speed) and TRL's peak RSS, for
+    each sharding both ran under."""
+    ok, lines = True, []
+    for sharding in SHARDINGS:
+        by = {r.contender: r for r in results if r.sharding == sharding}
+        if {"ferrotune", "trl"} <= by.keys():
+            passed, said = compare(by["ferrotune"], by["trl"], target)
+            ok = ok and passed
+            lines += [f"{sharding:<5} {line}" for line in said]
+    return ok, lines
+
+
+def compare(ours: Result, theirs: Result, target: float) -> tuple[bool, list[str]]:
     speed = ours.tokens_per_s / theirs.tokens_per_s
     memory = ours.peak_rss_mb / theirs.peak_rss_mb
     speed_ok, memory_ok = speed >= target, memory <= 1.0
@@ -448,8 +520,8 @@ def plot(results: Sequence[Result], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.contender for r in results]
-    colors = ["tab:orange" if n == "ferrotune" else "tab:blue" for n in names]
+    names = [r.label for r in results]
+    colors = ["tab:orange" if r.contender == "ferrotune" else "tab:blue" for r in results]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3.5))
     speed.bar(names, [r.tokens_per_s for r in results], color=colors)
     speed.set_ylabel("trained tokens / s")
@@ -478,6 +550,9 @@ def parse_args(argv: Sequence[str] | None, doc: str, defaults: dict[str, Any]):
     parser.add_argument("--seed", type=int, default=0, help="model initialisation and Trainer")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset")
+    parser.add_argument(
+        "--sharding", default="one", help=f"comma-separated, among {', '.join(SHARDINGS)}"
+    )
     parser.add_argument("--corpus-dir", type=Path, default=defaults["corpus_dir"])
     parser.add_argument("--csv", type=Path, default=OUT_DIR / f"{defaults['name']}.csv")
     parser.add_argument("--plot", type=Path, default=OUT_DIR / f"{defaults['name']}.png")
@@ -488,6 +563,9 @@ def parse_args(argv: Sequence[str] | None, doc: str, defaults: dict[str, Any]):
     if not only or any(name not in CONTENDERS for name in only):
         parser.error(f"--only: expected names among {', '.join(CONTENDERS)}")
     args.only = only
+    args.sharding = [name.strip() for name in args.sharding.split(",") if name.strip()]
+    if not args.sharding or any(name not in SHARDINGS for name in args.sharding):
+        parser.error(f"--sharding: expected names among {', '.join(SHARDINGS)}")
     args.records = args.records or args.steps * args.batch_size
     return args
 
@@ -508,9 +586,10 @@ def bench(
         f"lr {args.lr:g}"
     )
     results = []
-    for name in args.only:
-        print(f"running {name} ...", flush=True)
-        results.append(run_contender(script, name, spec, args.records))
+    for sharding in args.sharding:
+        for name in args.only:
+            print(f"running {name} ({sharding}) ...", flush=True)
+            results.append(run_contender(script, name, spec, args.records, sharding))
     print()
     print_table(results, with_ref)
     ok, lines = verdict(results, target)
