@@ -106,13 +106,13 @@ def test_the_report_renders_in_headless_chromium(example_run, tmp_path):
     assert pixels[..., :3].std() > 0.05  # text, tables and curves, not an empty page
 
 
-def small_pipeline(folder: Path, pairs: str = "pairs") -> Path:
-    """Every stage for a step or two on the examples' data."""
+def small_pipeline(folder: Path, pairs: str = "pairs", train: str = "") -> Path:
+    """Every stage for a step or two on the examples' data; ``train``: more common settings."""
     text = f"""
 tokenizer: {EX / "tokenizer"}
 model: {EX / "model" / "config.json"}
 train: {{use_cpu: true, max_steps: 2, per_device_train_batch_size: 2, save_strategy: "no",
-        report_to: none, disable_tqdm: true}}
+        report_to: none, disable_tqdm: true{train}}}
 pt: {{prep: {{input: {EX / "pt"}, block_size: 64}}}}
 sft: {{prep: {{input: {EX / "sft"}, max_length: 256}}}}
 rm: {{prep: {{input: {EX / pairs}, max_length: 256}}}}
@@ -225,3 +225,19 @@ def test_the_pipeline_runs_under_torchrun(tmp_path, torchrun):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("models/*/model.safetensors")}
     torchrun(["pipeline", str(path), "--out", str(out)])
     assert len(stamps) == 4 and stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_the_pipeline_runs_every_stage_under_fsdp2(tmp_path, torchrun, kernel_spy):
+    """``fsdp: true`` and the example ``fsdp_config`` in the pipeline's common settings: every
+    stage trains sharded (the kernel calls run under the FSDP2 root) and saves plain models."""
+    config = REPO / "examples" / "sharding" / "fsdp2.json"
+    path = small_pipeline(tmp_path, train=f", fsdp: true, fsdp_config: {config}")
+    out = tmp_path / "run"
+    torchrun(["pipeline", str(path), "--out", str(out)], pythonpath=[kernel_spy.pythonpath])
+    state = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert [s for s in STAGES if state.get(s, {}).get("status") == "done"] == [
+        "pt", "sft", "rm", "ppo"
+    ]  # fmt: skip
+    assert len(list(out.glob("models/*/model.safetensors"))) == 4
+    calls = kernel_spy.calls()
+    assert calls and all(c["sharded_root"] and c["in_head"] for c in calls), calls
