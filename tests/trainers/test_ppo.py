@@ -189,6 +189,13 @@ def test_resume_under_fsdp2_repeats_the_unbroken_run(tmp_path, prompts, rule, to
     assert_same_run(whole, again, rel=1e-5, abs=1e-7, weights_rel=1e-5)
 
 
+def test_deepspeed_is_refused_plainly(tmp_path, prompts, rule):
+    settings = config(tmp_path, prompts, reward_fn=rule)
+    settings.deepspeed = str(REPO / "examples" / "sharding" / "zero3.json")  # needs deepspeed
+    with pytest.raises(ConfigError, match="PPO under DeepSpeed is not supported yet"):
+        PpoRun(settings, ShardDataset(prompts), read_manifest(prompts))
+
+
 def test_reference_overlap_reward():
     scores = reference_overlap(["q"] * 3, ["abc", "xyz", "abc"], ["abcd", "abc", None])
     assert scores[0] == pytest.approx(2 * 1.0 * 0.75 / 1.75)

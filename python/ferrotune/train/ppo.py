@@ -131,6 +131,13 @@ class PpoRun:
     def __init__(self, config: PpoConfig, prompts, manifest: dict) -> None:
         if not config.reward_model and not config.reward_fn:
             raise ConfigError("PPO needs reward_model=PATH or reward_fn=module:function")
+        if config.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true":
+            raise ConfigError(
+                "PPO under DeepSpeed is not supported yet (its loop holds four models, which "
+                "accelerate's DeepSpeed integration does not prepare one by one): shard it with "
+                "fsdp=true fsdp_config=examples/sharding/fsdp2.json",
+                option="deepspeed",
+            )
         self.config = config
         self.prompts = prompts
         self.accelerator = _accelerator(config)
